@@ -1,0 +1,13 @@
+// agent/: wires the subsystems together and owns startup, shutdown and the data directory.
+// `km1s agent` and `km1s up` run one Agent in the foreground until SIGINT or SIGTERM.
+export { Agent, type AgentConfig, archName, DEFAULT_LISTEN, DEFAULT_TOKEN_FILE } from './agent.ts'
+export { runAgent } from './run.ts'
+export {
+  type ClusterSetup,
+  consumeTokenFile,
+  defaultNodeName,
+  initCluster,
+  joinCluster,
+  readJoinToken,
+  validateNodeName,
+} from './setup.ts'

@@ -1,0 +1,39 @@
+import { errorMessage } from '../common/errors.ts'
+import { Agent, type AgentConfig } from './agent.ts'
+
+/** SIGTERM/SIGINT must end the agent within 2 s even if a subsystem hangs while stopping. */
+const STOP_DEADLINE_MS = 1_800
+
+/** Runs an agent in the foreground until a signal; resolves with the process exit code. */
+export async function runAgent(config: AgentConfig, onReady?: (agent: Agent) => void): Promise<number> {
+  const agent = new Agent(config)
+  const log = config.logger
+  let signalled: NodeJS.Signals | undefined
+  const stopped = new Promise<number>((resolve) => {
+    const onSignal = (signal: NodeJS.Signals) => {
+      if (signalled) return
+      signalled = signal
+      log.info({ signal }, 'stopping')
+      const deadline = setTimeout(() => {
+        log.warn('the agent did not stop within the deadline; exiting anyway')
+        resolve(1)
+      }, STOP_DEADLINE_MS)
+      deadline.unref()
+      agent.stop().then(
+        () => {
+          clearTimeout(deadline)
+          resolve(0)
+        },
+        (err) => {
+          log.error({ err: errorMessage(err) }, 'stop failed')
+          resolve(1)
+        },
+      )
+    }
+    process.once('SIGTERM', onSignal)
+    process.once('SIGINT', onSignal)
+  })
+  await agent.start()
+  onReady?.(agent)
+  return stopped
+}

@@ -1,0 +1,100 @@
+// The typed client of the control API; the CLI, the tests and the benchmarks talk to agents only through it.
+import { request } from 'node:http'
+import { Km1sError } from '../common/errors.ts'
+import { ApiError, type RequestOf, type ResponseOf, type RouteName, routes } from './schemas.ts'
+
+export class ApiClient {
+  readonly socket: string
+  readonly timeoutMs: number
+
+  constructor(socket: string, opts: { timeoutMs?: number } = {}) {
+    this.socket = socket
+    this.timeoutMs = opts.timeoutMs ?? 10_000
+  }
+
+  health() {
+    return this.call('health', {})
+  }
+
+  nodes() {
+    return this.call('nodes', {})
+  }
+
+  status() {
+    return this.call('status', {})
+  }
+
+  async call<R extends RouteName>(name: R, body: RequestOf<R>): Promise<ResponseOf<R>> {
+    const route = routes[name]
+    const query = route.method === 'GET' ? new URLSearchParams(body as Record<string, string>).toString() : ''
+    const path = query ? `${route.path}?${query}` : route.path
+    const payload = route.method === 'GET' ? undefined : JSON.stringify(body)
+    const { status, text } = await new Promise<{ status: number; text: string }>((resolve, reject) => {
+      const req = request(
+        {
+          socketPath: this.socket,
+          path,
+          method: route.method,
+          headers: payload ? { 'content-type': 'application/json' } : {},
+          timeout: this.timeoutMs,
+        },
+        (res) => {
+          const chunks: Buffer[] = []
+          res.on('data', (c: Buffer) => chunks.push(c))
+          res.on('end', () =>
+            resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString('utf8') }),
+          )
+          res.on('error', reject)
+        },
+      )
+      req.on('timeout', () =>
+        req.destroy(
+          new Km1sError(
+            'ERR_AGENT_TIMEOUT',
+            `The km1s agent at ${this.socket} did not answer within ${this.timeoutMs / 1000} s; check it with 'km1s status' or its logs.`,
+          ),
+        ),
+      )
+      req.on('error', (err: NodeJS.ErrnoException) => {
+        if (err.code === 'ENOENT' || err.code === 'ECONNREFUSED') {
+          reject(
+            new Km1sError(
+              'ERR_AGENT_NOT_RUNNING',
+              `No km1s agent is running at ${this.socket}; start one with 'km1s agent' (or 'km1s up'), or pass --socket.`,
+              { cause: err },
+            ),
+          )
+        } else if (err.code === 'EACCES') {
+          reject(
+            new Km1sError(
+              'ERR_PERMISSION',
+              `Permission denied on ${this.socket}; run as root or as a member of group km1s.`,
+              { cause: err },
+            ),
+          )
+        } else reject(err)
+      })
+      if (payload) req.write(payload)
+      req.end()
+    })
+    let json: unknown
+    try {
+      json = JSON.parse(text)
+    } catch {
+      throw new Km1sError('ERR_BAD_RESPONSE', `The agent sent a response that is not JSON (HTTP ${status}).`)
+    }
+    if (status !== 200) {
+      const err = ApiError.safeParse(json)
+      if (err.success) throw new Km1sError(err.data.error.code, err.data.error.message)
+      throw new Km1sError('ERR_BAD_RESPONSE', `The agent answered HTTP ${status} without an error message.`)
+    }
+    const parsed = route.response.safeParse(json)
+    if (!parsed.success) {
+      throw new Km1sError(
+        'ERR_BAD_RESPONSE',
+        `The agent's answer to ${name} does not match this CLI's version; run the same km1s version on both.`,
+      )
+    }
+    return parsed.data as ResponseOf<R>
+  }
+}

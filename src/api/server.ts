@@ -1,0 +1,121 @@
+// The control API server: HTTP over a Unix socket (mode 0660, group km1s when it exists), a handler
+// table keyed by route, every request validated against its schema, errors as { error: { code, message } }.
+import { chmod, chown, unlink } from 'node:fs/promises'
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import { errorMessage, isKm1sError, Km1sError } from '../common/errors.ts'
+import type { Logger } from '../common/logger.ts'
+import { type RequestOf, type ResponseOf, type RouteName, routes } from './schemas.ts'
+
+export type Handlers = { [R in RouteName]: (req: RequestOf<R>) => Promise<ResponseOf<R>> | ResponseOf<R> }
+
+const MAX_BODY_BYTES = 1 << 20
+
+async function readBody(req: IncomingMessage): Promise<unknown> {
+  const chunks: Buffer[] = []
+  let size = 0
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length
+    if (size > MAX_BODY_BYTES) throw new Km1sError('ERR_TOO_LARGE', 'The request body is larger than 1 MiB.')
+    chunks.push(chunk as Buffer)
+  }
+  if (size === 0) return {}
+  try {
+    return JSON.parse(Buffer.concat(chunks).toString('utf8'))
+  } catch {
+    throw new Km1sError('ERR_BAD_REQUEST', 'The request body is not valid JSON.')
+  }
+}
+
+function send(res: ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body)
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) })
+  res.end(text)
+}
+
+const STATUS_OF_CODE: Record<string, number> = {
+  ERR_NOT_FOUND: 404,
+  ERR_BAD_REQUEST: 400,
+  ERR_INVALID: 400,
+  ERR_TOO_LARGE: 413,
+}
+
+export class ApiServer {
+  readonly #server: Server
+  readonly #socket: string
+  readonly #log: Logger
+
+  constructor(opts: { socket: string; handlers: Handlers; logger: Logger }) {
+    this.#socket = opts.socket
+    this.#log = opts.logger.child({ subsystem: 'api' })
+    const table = new Map<string, { name: RouteName; route: (typeof routes)[RouteName] }>()
+    for (const [name, route] of Object.entries(routes) as Array<[RouteName, (typeof routes)[RouteName]]>) {
+      table.set(`${route.method} ${route.path}`, { name, route })
+    }
+    this.#server = createServer((req, res) => {
+      const url = new URL(req.url ?? '/', 'http://km1s')
+      const entry = table.get(`${req.method} ${url.pathname}`)
+      void (async () => {
+        try {
+          if (!entry)
+            throw new Km1sError(
+              'ERR_NOT_FOUND',
+              `There is no API route ${req.method} ${url.pathname}; upgrade the km1s CLI to match the agent.`,
+            )
+          const raw = req.method === 'GET' ? Object.fromEntries(url.searchParams) : await readBody(req)
+          const parsed = entry.route.request.safeParse(raw)
+          if (!parsed.success) {
+            const issue = parsed.error.issues[0]
+            const where = issue?.path.length ? issue.path.join('.') : 'request'
+            throw new Km1sError('ERR_INVALID', `Invalid ${where}: ${issue?.message ?? 'not allowed'}.`)
+          }
+          const handler = opts.handlers[entry.name] as (r: unknown) => unknown
+          send(res, 200, await handler(parsed.data))
+        } catch (err) {
+          if (isKm1sError(err))
+            return send(res, STATUS_OF_CODE[err.code] ?? 409, {
+              error: { code: err.code, message: err.message },
+            })
+          this.#log.error({ err: errorMessage(err), route: url.pathname }, 'API handler failed')
+          send(res, 500, {
+            error: { code: 'ERR_INTERNAL', message: `The agent failed: ${errorMessage(err)}` },
+          })
+        }
+      })()
+    })
+    this.#server.keepAliveTimeout = 1_000
+  }
+
+  async start(): Promise<void> {
+    // The agent holds the data directory's lock, so a socket file left here belongs to a dead agent.
+    await unlink(this.#socket).catch(() => {})
+    await new Promise<void>((resolve, reject) => {
+      this.#server.once('error', reject)
+      this.#server.listen(this.#socket, () => {
+        this.#server.off('error', reject)
+        resolve()
+      })
+    })
+    await chmod(this.#socket, 0o660)
+    const gid = await groupId('km1s')
+    if (gid !== undefined) await chown(this.#socket, 0, gid).catch(() => {})
+  }
+
+  async stop(): Promise<void> {
+    await new Promise<void>((resolve) => {
+      this.#server.close(() => resolve())
+      this.#server.closeAllConnections()
+    })
+    await unlink(this.#socket).catch(() => {})
+  }
+}
+
+async function groupId(name: string): Promise<number | undefined> {
+  try {
+    const { readFile } = await import('node:fs/promises')
+    const line = (await readFile('/etc/group', 'utf8')).split('\n').find((l) => l.startsWith(`${name}:`))
+    const gid = line ? Number(line.split(':')[2]) : Number.NaN
+    return Number.isInteger(gid) ? gid : undefined
+  } catch {
+    return undefined
+  }
+}

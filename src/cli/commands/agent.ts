@@ -1,0 +1,81 @@
+import { existsSync } from 'node:fs'
+import type { Command } from 'commander'
+import { DEFAULT_LISTEN, DEFAULT_TOKEN_FILE, runAgent } from '../../agent/index.ts'
+import { initCluster } from '../../agent/setup.ts'
+import { createLogger, type LogLevel } from '../../common/logger.ts'
+import { dataPaths } from '../../common/paths.ts'
+import { globals } from '../main.ts'
+
+interface AgentOptions {
+  name?: string
+  listen: string[]
+  peer: string[]
+  tokenFile: string
+  mdns: boolean
+  logLevel: LogLevel
+}
+
+const collect = (value: string, previous: string[]) => [...previous, value]
+
+function agentOptions(cmd: Command): Command {
+  return cmd
+    .option('--name <name>', "this node's name (default: the name given to init/join, else the host name)")
+    .option(
+      '--listen <multiaddr>',
+      `address to listen on, repeatable (default: ${DEFAULT_LISTEN.join(', ')})`,
+      collect,
+      [],
+    )
+    .option('--peer <multiaddr>', 'a peer to dial for networks without multicast, repeatable', collect, [])
+    .option('--token-file <path>', 'join token file consumed at first start', DEFAULT_TOKEN_FILE)
+    .option('--no-mdns', 'do not discover peers with mDNS')
+    .option('--log-level <level>', 'trace, debug, info, warn or error', 'info')
+}
+
+async function run(cmd: Command, opts: AgentOptions, banner: boolean): Promise<void> {
+  const g = globals(cmd)
+  const logger = createLogger({ level: opts.logLevel, name: opts.name })
+  const code = await runAgent(
+    {
+      dataDir: g.dataDir,
+      socket: g.socket,
+      name: opts.name,
+      listen: opts.listen.length > 0 ? opts.listen : DEFAULT_LISTEN,
+      peers: opts.peer,
+      tokenFile: opts.tokenFile,
+      mdns: opts.mdns,
+      logger,
+    },
+    (agent) => {
+      if (!banner) return
+      const sock = g.socket === `${g.dataDir}/km1s.sock` ? '' : ` --socket ${g.socket}`
+      const dd = process.env.KM1S_DATA_DIR || g.dataDir === '/var/lib/km1s' ? '' : ` --data-dir ${g.dataDir}`
+      process.stdout.write(
+        `\nkm1s is up: node ${agent.name}, data in ${g.dataDir}, API on ${g.socket}.\n` +
+          `  km1s${dd}${sock} nodes     # the cluster from here\n` +
+          `  km1s${dd}${sock} status    # this node\n` +
+          `  km1s${dd} token           # the join token for another machine: km1s join TOKEN && km1s agent\n` +
+          'Press Ctrl-C to stop.\n\n',
+      )
+    },
+  )
+  // Exit now: a library's idle socket or timer must not hold a stopped agent open.
+  process.exit(code)
+}
+
+export function registerAgentCommands(program: Command): void {
+  agentOptions(
+    program.command('agent').description('run the agent in the foreground until SIGINT or SIGTERM'),
+  ).action((opts: AgentOptions, cmd: Command) => run(cmd, opts, false))
+  agentOptions(
+    program
+      .command('up')
+      .description('start km1s on this machine: init a one-node cluster if needed, then run the agent'),
+  ).action(async (opts: AgentOptions, cmd: Command) => {
+    const g = globals(cmd)
+    // A token on the boot partition wins over creating a new cluster: the agent consumes it at start.
+    const joining = existsSync(opts.tokenFile) && !existsSync(dataPaths(g.dataDir).clusterKey)
+    if (!joining) await initCluster(g.dataDir, { name: opts.name })
+    await run(cmd, opts, true)
+  })
+}

@@ -1,0 +1,304 @@
+import { gossipsub } from '@libp2p/gossipsub'
+import { identify } from '@libp2p/identify'
+import type { Connection, Libp2p, PeerId, PrivateKey } from '@libp2p/interface'
+import { kadDHT, removePublicAddressesMapper } from '@libp2p/kad-dht'
+import { mdns } from '@libp2p/mdns'
+import { noise } from '@libp2p/noise'
+import { peerIdFromString } from '@libp2p/peer-id'
+import { ping } from '@libp2p/ping'
+import { preSharedKey } from '@libp2p/pnet'
+import { tcp } from '@libp2p/tcp'
+import { yamux } from '@libp2p/yamux'
+import { type Multiaddr, multiaddr } from '@multiformats/multiaddr'
+import { createLibp2p } from 'libp2p'
+import { errorMessage, Km1sError } from '../common/errors.ts'
+import { createLogThrottle, type Logger } from '../common/logger.ts'
+import { isLoopbackAddr, peerIdOfAddr, withoutLoopback } from './addresses.ts'
+import {
+  backoffMs,
+  connectionToKeep,
+  DEFAULT_DIAL_POLICY,
+  type DialPolicy,
+  isHandshakeFailure,
+  shouldDial,
+} from './dial-policy.ts'
+import { clusterId, swarmKey } from './identity.ts'
+import { PeerBook, type PeerBookStore } from './peer-book.ts'
+
+export interface MeshInit {
+  privateKey: PrivateKey
+  clusterSecret: Uint8Array
+  listen: string[]
+  /** Static peers for networks without multicast, with or without `/p2p/<id>`. */
+  peers: string[]
+  peerBookStore: PeerBookStore
+  logger: Logger
+  mdns?: boolean
+  mdnsIntervalMs?: number
+  dialPolicy?: DialPolicy
+}
+
+export interface MeshStats {
+  connectedPeers: number
+  knownPeers: number
+  dialFailures: number
+  handshakeFailures: number
+}
+
+function createLibp2pNode(init: MeshInit) {
+  const cluster = clusterId(init.clusterSecret)
+  return createLibp2p({
+    privateKey: init.privateKey,
+    start: false,
+    addresses: {
+      listen: init.listen,
+      announceFilter: (addrs: Multiaddr[]) => withoutLoopback(addrs),
+    },
+    transports: [tcp()],
+    connectionProtector: preSharedKey({ psk: swarmKey(init.clusterSecret) }),
+    connectionEncrypters: [noise()],
+    streamMuxers: [yamux()],
+    connectionManager: { dialTimeout: 5_000, maxConnections: 300 },
+    peerDiscovery:
+      init.mdns === false
+        ? []
+        : [
+            mdns({
+              // The tag is derived from the secret: nodes of other clusters on the same LAN do not even try.
+              serviceTag: `_km1s-${cluster}._udp.local`,
+              interval: init.mdnsIntervalMs ?? 10_000,
+            }),
+          ],
+    services: {
+      identify: identify({ protocolPrefix: 'km1s' }),
+      ping: ping({ protocolPrefix: 'km1s' }),
+      dht: kadDHT({
+        protocol: '/km1s/lan/kad/1.0.0',
+        clientMode: false,
+        peerInfoMapper: removePublicAddressesMapper,
+      }),
+      pubsub: gossipsub({ allowPublishToZeroTopicPeers: true, emitSelf: false }),
+    },
+  })
+}
+
+type Libp2pNode = Awaited<ReturnType<typeof createLibp2pNode>>
+export type MeshServices = Libp2pNode extends Libp2p<infer S> ? S : never
+
+interface Target {
+  peer?: string
+  addr?: Multiaddr
+  failures: number
+  nextAttemptAt: number
+  waitingSince: number
+  dialing: boolean
+}
+
+export class Mesh {
+  readonly libp2p: Libp2pNode
+  readonly peerId: PeerId
+  readonly peerBook: PeerBook
+  readonly clusterId: string
+  readonly #init: MeshInit
+  readonly #log: Logger
+  readonly #policy: DialPolicy
+  readonly #targets = new Map<string, Target>()
+  readonly #warnOnce = createLogThrottle(60_000)
+  #timer: NodeJS.Timeout | undefined
+  #started = false
+  #dialFailures = 0
+  #handshakeFailures = 0
+
+  private constructor(init: MeshInit, node: Libp2pNode) {
+    this.#init = init
+    this.libp2p = node
+    this.peerId = node.peerId
+    this.clusterId = clusterId(init.clusterSecret)
+    this.peerBook = new PeerBook(init.peerBookStore)
+    this.#log = init.logger.child({ subsystem: 'mesh' })
+    this.#policy = init.dialPolicy ?? DEFAULT_DIAL_POLICY
+  }
+
+  static async create(init: MeshInit): Promise<Mesh> {
+    for (const addr of [...init.listen, ...init.peers]) {
+      try {
+        multiaddr(addr)
+      } catch (cause) {
+        throw new Km1sError(
+          'ERR_BAD_MULTIADDR',
+          `'${addr}' is not a valid multiaddr such as /ip4/192.168.1.20/tcp/4100.`,
+          {
+            cause,
+          },
+        )
+      }
+    }
+    return new Mesh(init, await createLibp2pNode(init))
+  }
+
+  async start(): Promise<void> {
+    if (this.#started) return
+    this.#started = true
+    await this.peerBook.load()
+    const now = Date.now()
+    for (const [peer, entry] of this.peerBook.entries()) {
+      await this.#learnAddresses(peer, entry.addrs)
+      this.#target(peer, { peer, waitingSince: now })
+    }
+    for (const addr of this.#init.peers) {
+      const ma = multiaddr(addr)
+      const peer = peerIdOfAddr(ma)
+      this.#target(`addr:${addr}`, { addr: ma, peer, waitingSince: now - this.#policy.graceMs })
+    }
+    const events = this.libp2p
+    events.addEventListener('peer:discovery', (evt) => {
+      const peer = evt.detail.id.toString()
+      if (peer === this.peerId.toString()) return
+      const t = this.#target(peer, { peer, waitingSince: Date.now() })
+      t.nextAttemptAt = 0
+      this.#kick()
+    })
+    events.addEventListener('peer:identify', (evt) => {
+      const peer = evt.detail.peerId.toString()
+      const addrs = withoutLoopback(evt.detail.listenAddrs).map((a) => a.toString())
+      if (addrs.length === 0) return
+      this.peerBook
+        .remember(peer, addrs)
+        .catch((err) => this.#log.warn({ err: errorMessage(err) }, 'peer book write failed'))
+    })
+    events.addEventListener('connection:open', (evt) => this.#onConnection(evt.detail))
+    events.addEventListener('peer:connect', (evt) => {
+      const t = this.#target(evt.detail.toString(), { peer: evt.detail.toString(), waitingSince: Date.now() })
+      t.failures = 0
+      this.#log.info({ peer: evt.detail.toString() }, 'peer connected')
+    })
+    events.addEventListener('peer:disconnect', (evt) => {
+      const t = this.#targets.get(evt.detail.toString())
+      if (t) {
+        t.waitingSince = Date.now()
+        t.nextAttemptAt = 0
+      }
+      this.#log.info({ peer: evt.detail.toString() }, 'peer disconnected')
+    })
+    await this.libp2p.start()
+    this.#log.info(
+      { peer: this.peerId.toString(), cluster: this.clusterId, addrs: this.addresses() },
+      'mesh started',
+    )
+    this.#schedule(0)
+  }
+
+  async stop(): Promise<void> {
+    if (!this.#started) return
+    this.#started = false
+    clearTimeout(this.#timer)
+    this.#timer = undefined
+    await this.libp2p.stop()
+  }
+
+  /** Addresses other nodes can dial (loopback removed). */
+  addresses(): string[] {
+    return this.libp2p.getMultiaddrs().map((a) => a.toString())
+  }
+
+  connectedPeers(): PeerId[] {
+    return this.libp2p.getPeers()
+  }
+
+  stats(): MeshStats {
+    const known = new Set<string>()
+    for (const t of this.#targets.values()) if (t.peer) known.add(t.peer)
+    return {
+      connectedPeers: this.libp2p.getPeers().length,
+      knownPeers: known.size,
+      dialFailures: this.#dialFailures,
+      handshakeFailures: this.#handshakeFailures,
+    }
+  }
+
+  #target(key: string, init: Partial<Target> & { waitingSince: number }): Target {
+    let t = this.#targets.get(key)
+    if (!t) {
+      t = { failures: 0, nextAttemptAt: 0, dialing: false, ...init }
+      this.#targets.set(key, t)
+    }
+    return t
+  }
+
+  async #learnAddresses(peer: string, addrs: string[]): Promise<void> {
+    try {
+      const multiaddrs = addrs.map((a) => multiaddr(a)).filter((a) => !isLoopbackAddr(a))
+      await this.libp2p.peerStore.merge(peerIdFromString(peer), { multiaddrs })
+    } catch (err) {
+      this.#log.debug({ peer, err: errorMessage(err) }, 'ignoring a bad peer book entry')
+    }
+  }
+
+  #onConnection(conn: Connection): void {
+    const self = this.peerId.toString()
+    const peer = conn.remotePeer.toString()
+    const conns = this.libp2p.getConnections(conn.remotePeer)
+    if (conns.length < 2) return
+    const keep = connectionToKeep(self, peer, conns)
+    for (const c of conns) {
+      if (c !== keep) c.close().catch(() => c.abort(new Error('duplicate connection')))
+    }
+  }
+
+  #schedule(delayMs: number): void {
+    if (!this.#started) return
+    clearTimeout(this.#timer)
+    this.#timer = setTimeout(() => this.#tick(), delayMs)
+    this.#timer.unref()
+  }
+
+  #kick(): void {
+    this.#schedule(0)
+  }
+
+  #tick(): void {
+    if (!this.#started) return
+    const now = Date.now()
+    const self = this.peerId.toString()
+    const connected = new Set(this.libp2p.getPeers().map((p) => p.toString()))
+    for (const t of this.#targets.values()) {
+      if (t.dialing || now < t.nextAttemptAt) continue
+      if (t.peer && connected.has(t.peer)) continue
+      if (t.peer && !t.addr && !shouldDial(self, t.peer, now - t.waitingSince, this.#policy)) continue
+      void this.#dial(t)
+    }
+    this.#schedule(250)
+  }
+
+  async #dial(t: Target): Promise<void> {
+    t.dialing = true
+    const target = t.addr ?? peerIdFromString(t.peer ?? '')
+    try {
+      const conn = await this.libp2p.dial(target, { signal: AbortSignal.timeout(5_000) })
+      t.failures = 0
+      if (t.addr && !t.peer) t.peer = conn.remotePeer.toString()
+    } catch (err) {
+      t.failures++
+      this.#dialFailures++
+      t.nextAttemptAt = Date.now() + backoffMs(t.failures, this.#policy)
+      const where = t.addr?.toString() ?? t.peer ?? ''
+      if (isHandshakeFailure(err)) {
+        this.#handshakeFailures++
+        if (this.#warnOnce(`handshake:${where}`)) {
+          this.#log.warn(
+            { peer: t.peer, addr: t.addr?.toString(), err: errorMessage(err) },
+            `The peer at ${where} answered but the encrypted handshake failed: it is probably a node of another km1s cluster (joined with a different token).`,
+          )
+        }
+      } else if (this.#warnOnce(`dial:${where}`)) {
+        this.#log.debug({ peer: t.peer, addr: t.addr?.toString(), err: errorMessage(err) }, 'dial failed')
+      }
+    } finally {
+      t.dialing = false
+    }
+  }
+}
+
+export async function createMesh(init: MeshInit): Promise<Mesh> {
+  return Mesh.create(init)
+}
