@@ -70,4 +70,11 @@ async function main(argv: string[]): Promise<void> {
   }
 }
 
+const major = Number(process.versions.node.split('.')[0])
+if (major < 22) {
+  process.stderr.write(
+    `km1s needs Node.js 22 or newer but runs on ${process.version}; run 'npm install' in the km1s directory.\n`,
+  )
+  process.exit(1)
+}
 await main(process.argv)
