@@ -30,8 +30,9 @@ export async function runAgent(config: AgentConfig, onReady?: (agent: Agent) => 
         },
       )
     }
-    process.once('SIGTERM', onSignal)
-    process.once('SIGINT', onSignal)
+    // `on`, not `once`: a second Ctrl-C while stopping must not skip the clean stop (the deadline still holds).
+    process.on('SIGTERM', onSignal)
+    process.on('SIGINT', onSignal)
   })
   await agent.start()
   onReady?.(agent)

@@ -1,4 +1,9 @@
-import type { GossipSub, Message, SubscriptionChangeData } from '@libp2p/gossipsub'
+import {
+  type GossipSub,
+  type Message,
+  type SubscriptionChangeData,
+  TopicValidatorResult,
+} from '@libp2p/gossipsub'
 import type { Libp2p, PeerId } from '@libp2p/interface'
 import { errorMessage } from '../common/errors.ts'
 import { createLogThrottle, type Logger } from '../common/logger.ts'
@@ -14,7 +19,7 @@ import { decodeHeartbeat, encodeHeartbeat, HEARTBEAT_TOPIC, type NodeInfo } from
 /** The slices of gossipsub and libp2p that membership uses. */
 export type HeartbeatBus = Pick<
   GossipSub,
-  'subscribe' | 'unsubscribe' | 'publish' | 'addEventListener' | 'removeEventListener'
+  'subscribe' | 'unsubscribe' | 'publish' | 'addEventListener' | 'removeEventListener' | 'topicValidators'
 >
 export type ConnectionEvents = Pick<Libp2p, 'addEventListener' | 'removeEventListener'>
 
@@ -73,6 +78,10 @@ export class Membership {
     this.#init.bus.addEventListener('message', this.#onMessage)
     this.#init.bus.addEventListener('subscription-change', this.#onSubscriptionChange)
     this.#init.connections.addEventListener('peer:disconnect', this.#onDisconnect)
+    // Rejected here, a malformed heartbeat is neither delivered nor forwarded to other peers.
+    this.#init.bus.topicValidators.set(HEARTBEAT_TOPIC, (_peer, msg) =>
+      msg.type === 'signed' && decodeHeartbeat(msg.data) ? TopicValidatorResult.Accept : this.#reject(msg),
+    )
     this.#init.bus.subscribe(HEARTBEAT_TOPIC)
     this.#timer = setInterval(() => this.#beat(), this.#cfg.heartbeatMs)
     this.#timer.unref()
@@ -86,6 +95,7 @@ export class Membership {
     this.#init.bus.removeEventListener('message', this.#onMessage)
     this.#init.bus.removeEventListener('subscription-change', this.#onSubscriptionChange)
     this.#init.connections.removeEventListener('peer:disconnect', this.#onDisconnect)
+    this.#init.bus.topicValidators.delete(HEARTBEAT_TOPIC)
     try {
       this.#init.bus.unsubscribe(HEARTBEAT_TOPIC)
     } catch {
@@ -161,6 +171,11 @@ export class Membership {
   readonly #onDisconnect = (evt: CustomEvent<PeerId>): void => {
     const e = this.#members.get(evt.detail.toString())
     if (e) e.lastHeard = lastHeardAfterDisconnect(this.#now(), e.lastHeard, this.#cfg)
+  }
+
+  #reject(msg: Message): TopicValidatorResult {
+    this.#drop(msg.type === 'signed' ? msg.from.toString() : 'unsigned', 'a malformed heartbeat')
+    return TopicValidatorResult.Reject
   }
 
   #drop(peer: string, what: string): void {

@@ -9,7 +9,7 @@ export interface DialPolicy {
   maxBackoffMs: number
 }
 
-export const DEFAULT_DIAL_POLICY: DialPolicy = { graceMs: 2_000, baseBackoffMs: 250, maxBackoffMs: 10_000 }
+export const DEFAULT_DIAL_POLICY: DialPolicy = { graceMs: 500, baseBackoffMs: 250, maxBackoffMs: 10_000 }
 
 export function shouldDial(self: string, peer: string, waitedMs: number, policy: DialPolicy): boolean {
   return self < peer || waitedMs >= policy.graceMs

@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs'
-import type { Command } from 'commander'
+import { type Command, Option } from 'commander'
 import { DEFAULT_LISTEN, DEFAULT_TOKEN_FILE, runAgent } from '../../agent/index.ts'
 import { initCluster } from '../../agent/setup.ts'
 import { createLogger, type LogLevel } from '../../common/logger.ts'
@@ -29,7 +29,11 @@ function agentOptions(cmd: Command): Command {
     .option('--peer <multiaddr>', 'a peer to dial for networks without multicast, repeatable', collect, [])
     .option('--token-file <path>', 'join token file consumed at first start', DEFAULT_TOKEN_FILE)
     .option('--no-mdns', 'do not discover peers with mDNS')
-    .option('--log-level <level>', 'trace, debug, info, warn or error', 'info')
+    .addOption(
+      new Option('--log-level <level>', 'how much the agent logs')
+        .choices(['trace', 'debug', 'info', 'warn', 'error'])
+        .default('info'),
+    )
 }
 
 async function run(cmd: Command, opts: AgentOptions, banner: boolean): Promise<void> {
