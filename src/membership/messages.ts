@@ -1,5 +1,5 @@
-// The heartbeat, validated at the gossip boundary. Its author is the gossipsub message's signer, never a
-// field of the message: a peer can only speak for itself.
+// The heartbeat, validated at the gossip boundary. Its `id` must be the peer that handed it over (see
+// Membership): a peer can only speak for itself.
 import { z } from 'zod'
 
 export const HEARTBEAT_TOPIC = 'km1s/heartbeat/1'
@@ -18,6 +18,7 @@ export type NodeInfo = z.infer<typeof NodeInfo>
 
 export const Heartbeat = z.object({
   v: z.literal(1),
+  id: z.string().min(1).max(128),
   seq: z.number().int().min(0),
   info: NodeInfo,
 })

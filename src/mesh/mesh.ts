@@ -84,7 +84,14 @@ function createLibp2pNode(init: MeshInit) {
         clientMode: false,
         peerInfoMapper: removePublicAddressesMapper,
       }),
-      pubsub: gossipsub({ allowPublishToZeroTopicPeers: true, emitSelf: false, ...GOSSIP_TUNING }),
+      // Unsigned: records carry their own signatures (state/) and heartbeats are bound to the connection
+      // they arrive on (membership/), so gossipsub's per-message Ed25519 work would buy nothing.
+      pubsub: gossipsub({
+        allowPublishToZeroTopicPeers: true,
+        emitSelf: false,
+        globalSignaturePolicy: 'StrictNoSign',
+        ...GOSSIP_TUNING,
+      }),
     },
   })
 }
@@ -112,6 +119,7 @@ export class Mesh {
   readonly #targets = new Map<string, Target>()
   readonly #warnOnce = createLogThrottle(60_000)
   #timer: NodeJS.Timeout | undefined
+  #addresses: string[] | undefined
   #started = false
   #dialFailures = 0
   #handshakeFailures = 0
@@ -174,6 +182,9 @@ export class Mesh {
         .catch((err) => this.#log.warn({ err: errorMessage(err) }, 'peer book write failed'))
     })
     events.addEventListener('connection:open', (evt) => this.#onConnection(evt.detail))
+    events.addEventListener('self:peer:update', () => {
+      this.#addresses = undefined
+    })
     events.addEventListener('peer:connect', (evt) => {
       const t = this.#target(evt.detail.toString(), { peer: evt.detail.toString(), waitingSince: Date.now() })
       t.failures = 0
@@ -203,9 +214,10 @@ export class Mesh {
     await this.libp2p.stop()
   }
 
-  /** Addresses other nodes can dial (loopback removed). */
+  /** Addresses other nodes can dial (loopback removed); cached, heartbeats read them every second. */
   addresses(): string[] {
-    return this.libp2p.getMultiaddrs().map((a) => a.toString())
+    this.#addresses ??= this.libp2p.getMultiaddrs().map((a) => a.toString())
+    return this.#addresses
   }
 
   connectedPeers(): PeerId[] {
@@ -268,13 +280,16 @@ export class Mesh {
     const now = Date.now()
     const self = this.peerId.toString()
     const connected = new Set(this.libp2p.getPeers().map((p) => p.toString()))
+    let waiting = false
     for (const t of this.#targets.values()) {
-      if (t.dialing || now < t.nextAttemptAt) continue
       if (t.peer && connected.has(t.peer)) continue
+      waiting = true
+      if (t.dialing || now < t.nextAttemptAt) continue
       if (t.peer && !t.addr && !shouldDial(self, t.peer, now - t.waitingSince, this.#policy)) continue
       void this.#dial(t)
     }
-    this.#schedule(250)
+    // Look often while someone is missing; rarely once everyone is connected (events kick the loop).
+    this.#schedule(waiting ? 100 : 1_000)
   }
 
   async #dial(t: Target): Promise<void> {

@@ -42,15 +42,20 @@ describe('heartbeat messages', () => {
   }
 
   it('round-trips', () => {
-    assert.deepEqual(decodeHeartbeat(encodeHeartbeat({ v: 1, seq: 3, info })), { v: 1, seq: 3, info })
+    assert.deepEqual(decodeHeartbeat(encodeHeartbeat({ v: 1, id: 'p', seq: 3, info })), {
+      v: 1,
+      id: 'p',
+      seq: 3,
+      info,
+    })
   })
 
   it('drops garbage, wrong shapes and oversized messages', () => {
     const enc = (x: unknown) => new TextEncoder().encode(JSON.stringify(x))
     assert.equal(decodeHeartbeat(new Uint8Array([0xff, 0x00, 0x13])), undefined)
-    assert.equal(decodeHeartbeat(enc({ v: 2, seq: 1, info })), undefined)
-    assert.equal(decodeHeartbeat(enc({ v: 1, seq: -1, info })), undefined)
-    assert.equal(decodeHeartbeat(enc({ v: 1, seq: 1, info: { ...info, cpus: 'many' } })), undefined)
+    assert.equal(decodeHeartbeat(enc({ v: 2, id: 'p', seq: 1, info })), undefined)
+    assert.equal(decodeHeartbeat(enc({ v: 1, id: 'p', seq: -1, info })), undefined)
+    assert.equal(decodeHeartbeat(enc({ v: 1, id: 'p', seq: 1, info: { ...info, cpus: 'many' } })), undefined)
     assert.equal(decodeHeartbeat(new Uint8Array(MAX_HEARTBEAT_BYTES + 1).fill(32)), undefined)
   })
 })
