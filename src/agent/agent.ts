@@ -1,16 +1,16 @@
 import { readFile, rm, writeFile } from 'node:fs/promises'
 import { availableParallelism, arch as osArch, totalmem } from 'node:os'
 import { Level } from 'level'
-import type { Handlers } from '../api/index.ts'
-import { ApiServer, type NodeView, type StatusView } from '../api/index.ts'
+import { ApiServer } from '../api/index.ts'
 import { errorMessage, Km1sError } from '../common/errors.ts'
 import type { Logger } from '../common/logger.ts'
 import { dataPaths } from '../common/paths.ts'
 import { KM1S_VERSION } from '../common/version.ts'
 import { type DetectorConfig, Membership } from '../membership/index.ts'
-import type { NodeInfo } from '../membership/messages.ts'
 import { createMesh, loadOrCreateIdentity, type Mesh, readClusterSecret } from '../mesh/index.ts'
 import type { PeerBookEntry } from '../mesh/peer-book.ts'
+import { type NodeValue, Replication, Store, type WireRecord } from '../state/index.ts'
+import { createHandlers } from './handlers.ts'
 import {
   consumeTokenFile,
   DEFAULT_TOKEN_FILE,
@@ -30,6 +30,8 @@ export interface AgentConfig {
   tokenFile: string
   mdns: boolean
   detector?: Partial<DetectorConfig>
+  /** Dead nodes leave `km1s nodes` after this long. */
+  forgetAfterMs?: number
   logger: Logger
 }
 
@@ -45,6 +47,8 @@ export class Agent {
   readonly #startedAt = Date.now()
   #db: Level<string, unknown> | undefined
   #mesh: Mesh | undefined
+  #store: Store | undefined
+  #replication: Replication | undefined
   #membership: Membership | undefined
   #api: ApiServer | undefined
   #name = ''
@@ -91,29 +95,52 @@ export class Agent {
     await writeNodeName(dataDir, this.#name)
     const privateKey = await loadOrCreateIdentity(paths.identity)
     const logger = this.#log
+    const db = this.#db
+
+    this.#store = new Store({
+      records: db.sublevel<string, WireRecord>('records', { valueEncoding: 'json' }),
+      meta: db.sublevel<string, unknown>('meta', { valueEncoding: 'json' }),
+      privateKey,
+      logger,
+    })
+    await this.#store.load()
+    const store = this.#store
 
     this.#mesh = await createMesh({
       privateKey,
       clusterSecret: secret,
       listen: this.config.listen,
       peers: this.config.peers,
-      peerBookStore: this.#db.sublevel<string, PeerBookEntry>('peers', { valueEncoding: 'json' }),
+      peerBookStore: db.sublevel<string, PeerBookEntry>('peers', { valueEncoding: 'json' }),
       logger,
       mdns: this.config.mdns,
     })
     await this.#mesh.start()
     const mesh = this.#mesh
     const pubsub = mesh.libp2p.services.pubsub
+    this.#replication = new Replication({ store, libp2p: mesh.libp2p, pubsub, logger })
+    await this.#replication.start()
     this.#membership = new Membership({
       self: mesh.peerId,
       bus: pubsub,
       connections: mesh.libp2p,
+      store,
       selfInfo: () => this.#selfInfo(),
       logger,
       detector: this.config.detector,
+      forgetAfterMs: this.config.forgetAfterMs,
     })
-    this.#membership.start()
-    this.#api = new ApiServer({ socket: this.config.socket, handlers: this.#handlers(), logger })
+    await this.#membership.start()
+    const { handlers, streams } = createHandlers({
+      name: () => this.#name,
+      dataDir,
+      startedAt: this.#startedAt,
+      mesh,
+      membership: this.#membership,
+      store,
+      replication: this.#replication,
+    })
+    this.#api = new ApiServer({ socket: this.config.socket, handlers, streams, logger })
     await this.#api.start()
     this.#log.info(
       { name: this.#name, peer: mesh.peerId.toString(), cluster: mesh.clusterId, socket: this.config.socket },
@@ -131,7 +158,9 @@ export class Agent {
     const steps: Array<[string, () => Promise<void> | void]> = [
       ['api', () => this.#api?.stop()],
       ['membership', () => this.#membership?.stop()],
+      ['replication', () => this.#replication?.stop()],
       ['mesh', () => this.#mesh?.stop()],
+      ['state', () => this.#store?.stop()],
       ['database', () => this.#db?.close()],
     ]
     for (const [what, step] of steps) {
@@ -145,8 +174,9 @@ export class Agent {
     this.#log.info('agent stopped')
   }
 
-  #selfInfo(): NodeInfo {
+  #selfInfo(): NodeValue {
     return {
+      wgPublicKey: null,
       name: this.#name,
       arch: archName(),
       cpus: availableParallelism(),
@@ -154,52 +184,6 @@ export class Agent {
       version: KM1S_VERSION,
       addresses: (this.#mesh?.addresses() ?? []).map((a) => a.replace(/\/p2p\/[^/]+$/, '')).slice(0, 16),
       startedAt: this.#startedAt,
-    }
-  }
-
-  #handlers(): Handlers {
-    const mesh = this.#mesh
-    const membership = this.#membership
-    if (!mesh || !membership) throw new Error('subsystems not started')
-    const nodes = (): NodeView[] => {
-      const now = Date.now()
-      return membership.members().map((m) => ({
-        name: m.info.name,
-        id: m.id,
-        state: m.state,
-        self: m.self,
-        addresses: m.info.addresses,
-        arch: m.info.arch,
-        cpus: m.info.cpus,
-        memory: m.info.memory,
-        labels: {},
-        version: m.info.version,
-        uptime: Math.max(0, Math.round((now - m.info.startedAt) / 1000)),
-        lastHeard: Math.max(0, now - m.lastHeard),
-      }))
-    }
-    return {
-      health: () => ({ ok: true, name: this.#name, id: mesh.peerId.toString(), pid: process.pid }),
-      nodes,
-      status: (): StatusView => {
-        const counts = { alive: 0, suspect: 0, dead: 0 }
-        for (const m of membership.members()) counts[m.state]++
-        const mem = process.memoryUsage()
-        return {
-          name: this.#name,
-          id: mesh.peerId.toString(),
-          cluster: mesh.clusterId,
-          version: KM1S_VERSION,
-          pid: process.pid,
-          dataDir: this.config.dataDir,
-          uptime: Math.round((Date.now() - this.#startedAt) / 1000),
-          addresses: mesh.addresses(),
-          nodes: counts,
-          mesh: mesh.stats(),
-          membership: membership.stats(),
-          memory: { rss: mem.rss, heapUsed: mem.heapUsed },
-        }
-      },
     }
   }
 }

@@ -2,4 +2,4 @@
 // HTTP over a Unix socket, a route table of zod schemas (schemas.ts) shared by the server and the client.
 export { ApiClient } from './client.ts'
 export * from './schemas.ts'
-export { ApiServer, type Handlers } from './server.ts'
+export { ApiServer, type Handlers, type StreamHandlers } from './server.ts'

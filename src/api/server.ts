@@ -4,9 +4,43 @@ import { chmod, chown, unlink } from 'node:fs/promises'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { errorMessage, isKm1sError, Km1sError } from '../common/errors.ts'
 import type { Logger } from '../common/logger.ts'
-import { type RequestOf, type ResponseOf, type RouteName, routes } from './schemas.ts'
+import {
+  type RequestOf,
+  type ResponseOf,
+  type RouteName,
+  routes,
+  type StreamItemOf,
+  type StreamName,
+  type StreamRequestOf,
+  streams,
+} from './schemas.ts'
 
 export type Handlers = { [R in RouteName]: (req: RequestOf<R>) => Promise<ResponseOf<R>> | ResponseOf<R> }
+export type StreamHandlers = {
+  [S in StreamName]: (req: StreamRequestOf<S>, signal: AbortSignal) => AsyncIterable<StreamItemOf<S>>
+}
+
+type AnyRoute = {
+  method: string
+  path: string
+  request: {
+    safeParse(x: unknown): {
+      success: boolean
+      data?: unknown
+      error?: { issues: Array<{ path: PropertyKey[]; message: string }> }
+    }
+  }
+}
+
+function validate(route: AnyRoute, raw: unknown): unknown {
+  const parsed = route.request.safeParse(raw)
+  if (!parsed.success) {
+    const issue = parsed.error?.issues[0]
+    const where = issue?.path.length ? issue.path.join('.') : 'request'
+    throw new Km1sError('ERR_INVALID', `Invalid ${where}: ${issue?.message ?? 'not allowed'}.`)
+  }
+  return parsed.data
+}
 
 const MAX_BODY_BYTES = 1 << 20
 
@@ -44,12 +78,35 @@ export class ApiServer {
   readonly #socket: string
   readonly #log: Logger
 
-  constructor(opts: { socket: string; handlers: Handlers; logger: Logger }) {
+  constructor(opts: { socket: string; handlers: Handlers; streams: StreamHandlers; logger: Logger }) {
     this.#socket = opts.socket
     this.#log = opts.logger.child({ subsystem: 'api' })
-    const table = new Map<string, { name: RouteName; route: (typeof routes)[RouteName] }>()
+    const table = new Map<
+      string,
+      { route: AnyRoute; handle: (req: unknown, res: ServerResponse, signal: AbortSignal) => Promise<void> }
+    >()
     for (const [name, route] of Object.entries(routes) as Array<[RouteName, (typeof routes)[RouteName]]>) {
-      table.set(`${route.method} ${route.path}`, { name, route })
+      const handler = opts.handlers[name] as (r: unknown) => unknown
+      table.set(`${route.method} ${route.path}`, {
+        route,
+        handle: async (req, res) => send(res, 200, await handler(req)),
+      })
+    }
+    for (const [name, route] of Object.entries(streams) as Array<
+      [StreamName, (typeof streams)[StreamName]]
+    >) {
+      const handler = opts.streams[name] as (r: unknown, signal: AbortSignal) => AsyncIterable<unknown>
+      table.set(`${route.method} ${route.path}`, {
+        route,
+        handle: async (req, res, signal) => {
+          res.writeHead(200, { 'content-type': 'application/x-ndjson' })
+          res.flushHeaders()
+          for await (const item of handler(req, signal)) {
+            if (!res.write(`${JSON.stringify(item)}\n`)) await new Promise((r) => res.once('drain', r))
+          }
+          res.end()
+        },
+      })
     }
     this.#server = createServer((req, res) => {
       const url = new URL(req.url ?? '/', 'http://km1s')
@@ -62,15 +119,11 @@ export class ApiServer {
               `There is no API route ${req.method} ${url.pathname}; upgrade the km1s CLI to match the agent.`,
             )
           const raw = req.method === 'GET' ? Object.fromEntries(url.searchParams) : await readBody(req)
-          const parsed = entry.route.request.safeParse(raw)
-          if (!parsed.success) {
-            const issue = parsed.error.issues[0]
-            const where = issue?.path.length ? issue.path.join('.') : 'request'
-            throw new Km1sError('ERR_INVALID', `Invalid ${where}: ${issue?.message ?? 'not allowed'}.`)
-          }
-          const handler = opts.handlers[entry.name] as (r: unknown) => unknown
-          send(res, 200, await handler(parsed.data))
+          const abort = new AbortController()
+          res.once('close', () => abort.abort())
+          await entry.handle(validate(entry.route, raw), res, abort.signal)
         } catch (err) {
+          if (res.headersSent) return void res.destroy()
           if (isKm1sError(err))
             return send(res, STATUS_OF_CODE[err.code] ?? 409, {
               error: { code: err.code, message: err.message },

@@ -5,8 +5,9 @@ import {
   TopicValidatorResult,
 } from '@libp2p/gossipsub'
 import type { Libp2p, PeerId } from '@libp2p/interface'
-import { errorMessage } from '../common/errors.ts'
+import { errorMessage, Km1sError } from '../common/errors.ts'
 import { createLogThrottle, type Logger } from '../common/logger.ts'
+import { canonicalJson, type NodeValue, type Store } from '../state/index.ts'
 import {
   DEFAULT_DETECTOR,
   type DetectorConfig,
@@ -14,7 +15,7 @@ import {
   type MemberState,
   memberState,
 } from './detector.ts'
-import { decodeHeartbeat, encodeHeartbeat, HEARTBEAT_TOPIC, type NodeInfo } from './messages.ts'
+import { decodeHeartbeat, encodeHeartbeat, HEARTBEAT_TOPIC } from './messages.ts'
 
 /** The slices of gossipsub and libp2p that membership uses. */
 export type HeartbeatBus = Pick<
@@ -27,7 +28,9 @@ export interface MembershipInit {
   self: PeerId
   bus: HeartbeatBus
   connections: ConnectionEvents
-  selfInfo: () => NodeInfo
+  store: Store
+  /** What this node is, for its `node/` record. */
+  selfInfo: () => NodeValue
   logger: Logger
   detector?: Partial<DetectorConfig>
   /** Dead nodes leave the list after this long without a heartbeat. */
@@ -39,8 +42,9 @@ export interface Member {
   id: string
   self: boolean
   state: MemberState
+  /** 0 when this node has never heard from it. */
   lastHeard: number
-  info: NodeInfo
+  info: NodeValue
 }
 
 export interface MembershipStats {
@@ -48,21 +52,22 @@ export interface MembershipStats {
   heartbeatsDropped: number
 }
 
-interface Entry {
-  info: NodeInfo
-  lastHeard: number
-}
+const NODE_PREFIX = 'node/'
+export const DEFAULT_FORGET_AFTER_MS = 24 * 3600_000
 
 export class Membership {
   readonly #init: MembershipInit
   readonly #cfg: DetectorConfig
   readonly #now: () => number
   readonly #log: Logger
-  readonly #members = new Map<string, Entry>()
+  readonly #selfId: string
+  readonly #heard = new Map<string, number>()
   readonly #warnOnce = createLogThrottle(60_000)
   readonly #stats: MembershipStats = { heartbeatsReceived: 0, heartbeatsDropped: 0 }
   #timer: NodeJS.Timeout | undefined
+  #recordTimer: NodeJS.Timeout | undefined
   #soon: NodeJS.Timeout | undefined
+  #unwatch: (() => void) | undefined
   #seq = 0
   #started = false
 
@@ -71,17 +76,38 @@ export class Membership {
     this.#cfg = { ...DEFAULT_DETECTOR, ...init.detector }
     this.#now = init.now ?? Date.now
     this.#log = init.logger.child({ subsystem: 'membership' })
+    this.#selfId = init.self.toString()
   }
 
-  start(): void {
+  async start(): Promise<void> {
     if (this.#started) return
     this.#started = true
+    await this.#writeOwnRecord()
+    this.#unwatch = this.#init.store.onChange((change) => {
+      if (change.key === this.#ownKey() && change.record.deleted) {
+        // Someone ran `km1s forget` on this node while it is alive: say again that it exists.
+        this.#log.warn(
+          { by: change.record.author },
+          'this node was forgotten by another node; announcing it again',
+        )
+        void this.#writeOwnRecord()
+      } else if (change.key.startsWith(NODE_PREFIX) && change.origin === 'remote' && !change.record.deleted) {
+        const value = change.record.value as NodeValue
+        this.#log.debug(
+          { peer: change.key.slice(NODE_PREFIX.length), name: value.name },
+          'node record updated',
+        )
+      }
+    })
     this.#init.bus.addEventListener('subscription-change', this.#onSubscriptionChange)
     this.#init.connections.addEventListener('peer:disconnect', this.#onDisconnect)
     this.#init.bus.topicValidators.set(HEARTBEAT_TOPIC, this.#onHeartbeat)
     this.#init.bus.subscribe(HEARTBEAT_TOPIC)
     this.#timer = setInterval(() => this.#beat(), this.#cfg.heartbeatMs)
     this.#timer.unref()
+    // Addresses change (DHCP, a new interface): keep the record true, checked cheaply every 10 s.
+    this.#recordTimer = setInterval(() => void this.#writeOwnRecord(), 10_000)
+    this.#recordTimer.unref()
     this.#beat()
   }
 
@@ -89,7 +115,9 @@ export class Membership {
     if (!this.#started) return
     this.#started = false
     clearInterval(this.#timer)
+    clearInterval(this.#recordTimer)
     clearTimeout(this.#soon)
+    this.#unwatch?.()
     this.#init.bus.removeEventListener('subscription-change', this.#onSubscriptionChange)
     this.#init.connections.removeEventListener('peer:disconnect', this.#onDisconnect)
     this.#init.bus.topicValidators.delete(HEARTBEAT_TOPIC)
@@ -100,30 +128,26 @@ export class Membership {
     }
   }
 
-  /** This node's view of the cluster, itself first, then by name. */
+  /** This node's view of the cluster: every node record, with liveness from heartbeats; itself first. */
   members(): Member[] {
     const now = this.#now()
-    const forgetAfter = this.#init.forgetAfterMs ?? 24 * 3600_000
+    const forgetAfter = this.#init.forgetAfterMs ?? DEFAULT_FORGET_AFTER_MS
     const self: Member = {
-      id: this.#init.self.toString(),
+      id: this.#selfId,
       self: true,
       state: 'alive',
       lastHeard: now,
       info: this.#init.selfInfo(),
     }
     const others: Member[] = []
-    for (const [id, e] of this.#members) {
-      if (now - e.lastHeard > forgetAfter) {
-        this.#members.delete(id)
-        continue
-      }
-      others.push({
-        id,
-        self: false,
-        state: memberState(now, e.lastHeard, this.#cfg),
-        lastHeard: e.lastHeard,
-        info: e.info,
-      })
+    for (const record of this.#init.store.list(NODE_PREFIX)) {
+      const id = record.key.slice(NODE_PREFIX.length)
+      if (id === this.#selfId) continue
+      const heard = this.#heard.get(id) ?? 0
+      // A node never heard since this agent started counts from its record's clock.
+      if (now - (heard || record.hlc.wall) > forgetAfter) continue
+      const state = heard ? memberState(now, heard, this.#cfg) : 'dead'
+      others.push({ id, self: false, state, lastHeard: heard, info: record.value as NodeValue })
     }
     // Plain code-unit order: localeCompare would page in ICU collation data on every call.
     others.sort((a, b) =>
@@ -132,17 +156,47 @@ export class Membership {
     return [self, ...others]
   }
 
+  /** Removes a node that is gone for good from every node's list (`km1s forget`). */
+  async forget(id: string): Promise<void> {
+    if (id === this.#selfId) {
+      throw new Km1sError('ERR_INVALID', 'A node cannot forget itself; run km1s forget on another node.')
+    }
+    const member = this.members().find((m) => m.id === id)
+    if (member && member.state !== 'dead') {
+      throw new Km1sError(
+        'ERR_NODE_ALIVE',
+        `Node ${member.info.name} is ${member.state}; stop its agent first, then forget it once it is dead.`,
+      )
+    }
+    const store = this.#init.store
+    const keys = [`node/${id}`, `label/${id}`, ...store.list(`status/${id}/`).map((r) => r.key)]
+    for (const key of keys) if (store.get(key)) await store.delete(key)
+    await store.flush()
+    this.#heard.delete(id)
+  }
+
   stats(): MembershipStats {
     return { ...this.#stats }
   }
 
+  #ownKey(): string {
+    return `${NODE_PREFIX}${this.#selfId}`
+  }
+
+  async #writeOwnRecord(): Promise<void> {
+    if (!this.#started) return
+    const info = this.#init.selfInfo()
+    const current = this.#init.store.get(this.#ownKey())
+    if (current && canonicalJson(current.value) === canonicalJson(info)) return
+    try {
+      await this.#init.store.put(this.#ownKey(), info, { durable: true })
+    } catch (err) {
+      this.#log.error({ err: errorMessage(err) }, "writing this node's record failed")
+    }
+  }
+
   #beat(): void {
-    const data = encodeHeartbeat({
-      v: 1,
-      id: this.#init.self.toString(),
-      seq: this.#seq++,
-      info: this.#init.selfInfo(),
-    })
+    const data = encodeHeartbeat({ v: 1, id: this.#selfId, seq: this.#seq++ })
     this.#init.bus.publish(HEARTBEAT_TOPIC, data).catch((err) => {
       if (this.#warnOnce('publish')) this.#log.debug({ err: errorMessage(err) }, 'heartbeat publish failed')
     })
@@ -159,13 +213,15 @@ export class Membership {
     const from = peer.toString()
     const hb = decodeHeartbeat(msg.data)
     if (!hb) {
-      this.#drop(from, 'a malformed heartbeat')
+      this.#stats.heartbeatsDropped++
+      if (this.#warnOnce(`drop:${from}`))
+        this.#log.warn({ peer: from }, `dropped a malformed heartbeat from ${from}`)
       return TopicValidatorResult.Reject
     }
-    if (hb.id === from && from !== this.#init.self.toString()) {
+    if (hb.id === from && from !== this.#selfId) {
       this.#stats.heartbeatsReceived++
-      if (!this.#members.has(from)) this.#log.info({ peer: from, name: hb.info.name }, 'node joined')
-      this.#members.set(from, { info: hb.info, lastHeard: this.#now() })
+      if (!this.#heard.has(from)) this.#log.info({ peer: from }, 'heard from a node')
+      this.#heard.set(from, this.#now())
     }
     return TopicValidatorResult.Ignore
   }
@@ -182,12 +238,8 @@ export class Membership {
   }
 
   readonly #onDisconnect = (evt: CustomEvent<PeerId>): void => {
-    const e = this.#members.get(evt.detail.toString())
-    if (e) e.lastHeard = lastHeardAfterDisconnect(this.#now(), e.lastHeard, this.#cfg)
-  }
-
-  #drop(peer: string, what: string): void {
-    this.#stats.heartbeatsDropped++
-    if (this.#warnOnce(`drop:${peer}`)) this.#log.warn({ peer }, `dropped ${what} from ${peer}`)
+    const id = evt.detail.toString()
+    const heard = this.#heard.get(id)
+    if (heard !== undefined) this.#heard.set(id, lastHeardAfterDisconnect(this.#now(), heard, this.#cfg))
   }
 }

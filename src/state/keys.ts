@@ -76,10 +76,14 @@ export function ownerOf(parsed: ParsedKey): string | undefined {
   return parsed.kind === 'node' || parsed.kind === 'status' ? parsed.peer : undefined
 }
 
-/** Whether `author` may write `key` (false for keys outside the key space). */
-export function mayWrite(key: string, author: string): boolean {
+/**
+ * Whether `author` may write `key` (false for keys outside the key space). Any member may delete another
+ * node's `node/` and `status/` records: that is `km1s forget` for a node that is gone for good. A live
+ * node rewrites its own records when it sees them deleted, so forgetting a live node does not stick.
+ */
+export function mayWrite(key: string, author: string, deleted = false): boolean {
   const parsed = parseKey(key)
   if (!parsed) return false
   const owner = ownerOf(parsed)
-  return owner === undefined || owner === author
+  return owner === undefined || owner === author || deleted
 }

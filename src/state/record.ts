@@ -41,13 +41,35 @@ export type Verdict = { ok: true } | { ok: false; reason: DropReason }
 
 // Values per key kind. The later sessions that own workloads, services and node records tighten these;
 // until then any JSON object passes, bounded by MAX_RECORD_BYTES and MAX_VALUE_DEPTH.
-const LabelKey = z
+export const LabelKey = z
   .string()
-  .regex(/^([a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?\/)?[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$/)
-const LabelValue = z.string().regex(/^([A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)?$/)
+  .regex(
+    /^([a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?\/)?[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$/,
+    'a label key is letters, digits, dashes, dots and underscores, optionally after a DNS prefix and a slash',
+  )
+export const LabelValue = z
+  .string()
+  .regex(
+    /^([A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)?$/,
+    'a label value is at most 63 letters, digits, dashes, dots and underscores',
+  )
 const AnyObject = z.record(z.string(), z.unknown())
+/** A node's own record: what `km1s nodes` shows besides liveness (membership/ writes it). */
+export const NodeValue = z.strictObject({
+  name: z.string().regex(/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/),
+  arch: z.string().min(1).max(16),
+  cpus: z.number().int().min(1).max(4096),
+  memory: z.number().int().min(0),
+  version: z.string().min(1).max(32),
+  addresses: z.array(z.string().max(200)).max(16),
+  startedAt: z.number().int().min(0),
+  /** The node's WireGuard public key, once the network subsystem has one. */
+  wgPublicKey: z.string().max(64).nullable(),
+})
+export type NodeValue = z.infer<typeof NodeValue>
+
 export const VALUE_SCHEMAS: { readonly [K in KeyKind]: z.ZodType } = {
-  node: AnyObject,
+  node: NodeValue,
   status: AnyObject,
   label: z.record(LabelKey, LabelValue).refine((labels) => Object.keys(labels).length <= 64),
   workload: AnyObject,
@@ -186,7 +208,7 @@ export function checkRecord(r: SignedRecord, now: number, opts: CheckOptions = {
   if (Buffer.byteLength(r.key, 'utf8') > MAX_KEY_BYTES) return { ok: false, reason: 'oversized' }
   const parsed = parseKey(r.key)
   if (!parsed) return { ok: false, reason: 'unknown-key' }
-  if (!mayWrite(r.key, r.author)) return { ok: false, reason: 'forged-owner' }
+  if (!mayWrite(r.key, r.author, r.deleted)) return { ok: false, reason: 'forged-owner' }
   if (!isValidHlc(r.hlc)) return { ok: false, reason: 'malformed' }
   if (r.hlc.wall > now + (opts.maxDriftMs ?? MAX_DRIFT_MS)) return { ok: false, reason: 'clock-drift' }
   if (r.deleted) {

@@ -1,8 +1,17 @@
 import type { Command } from 'commander'
 import { ApiClient } from '../../api/index.ts'
 import { runDoctor } from '../../doctor/index.ts'
+import { parseLabelChanges } from '../labels.ts'
 import { globals } from '../main.ts'
 import { humanBytes, humanDuration, printJson, printTable, shortId } from '../output.ts'
+
+/** Drop counters that are not zero, e.g. "2 bad-signature, 1 garbage", or "none". */
+function formatDrops(dropped: Record<string, number>): string {
+  const parts = Object.entries(dropped)
+    .filter(([, n]) => n > 0)
+    .map(([reason, n]) => `${n} ${reason}`)
+  return parts.length > 0 ? parts.join(', ') : 'none'
+}
 
 export function registerInfoCommands(program: Command): void {
   program
@@ -13,7 +22,7 @@ export function registerInfoCommands(program: Command): void {
       const nodes = await new ApiClient(g.socket).nodes()
       if (g.json) return printJson(nodes)
       printTable(
-        ['NAME', 'ID', 'STATE', 'ADDRESSES', 'ARCH', 'CPUS', 'MEMORY', 'VERSION', 'UPTIME'],
+        ['NAME', 'ID', 'STATE', 'ADDRESSES', 'ARCH', 'CPUS', 'MEMORY', 'VERSION', 'UPTIME', 'LABELS'],
         nodes.map((n) => [
           n.self ? `${n.name} (self)` : n.name,
           shortId(n.id),
@@ -24,6 +33,9 @@ export function registerInfoCommands(program: Command): void {
           humanBytes(n.memory),
           n.version,
           humanDuration(n.uptime),
+          Object.entries(n.labels)
+            .map(([k, v]) => `${k}=${v}`)
+            .join(','),
         ]),
       )
     })
@@ -54,6 +66,31 @@ export function registerInfoCommands(program: Command): void {
         ['Memory', `${humanBytes(s.memory.rss)} RSS, ${humanBytes(s.memory.heapUsed)} heap`],
       ]
       for (const [k, v] of lines) process.stdout.write(`${`${k}:`.padEnd(14)}${v}\n`)
+    })
+
+  program
+    .command('label')
+    .description('set (k=v) or remove (k-) labels of a node, from any node')
+    .argument('<node>', 'the node: its name, id or id tail')
+    .argument('<changes...>', 'k=v to set, k- to remove')
+    .action(async (node: string, changes: string[], _opts: unknown, cmd: Command) => {
+      const g = globals(cmd)
+      const { set, remove } = parseLabelChanges(changes)
+      const view = await new ApiClient(g.socket).label(node, set, remove)
+      if (g.json) return printJson(view)
+      const labels = Object.entries(view.labels).map(([k, v]) => `${k}=${v}`)
+      process.stdout.write(`${view.name}: ${labels.length > 0 ? labels.join(' ') : '(no labels)'}\n`)
+    })
+
+  program
+    .command('forget')
+    .description("remove a dead node from every node's list")
+    .argument('<node>', 'the node: its name, id or id tail')
+    .action(async (node: string, _opts: unknown, cmd: Command) => {
+      const g = globals(cmd)
+      const gone = await new ApiClient(g.socket).forget(node)
+      if (g.json) return printJson(gone)
+      process.stdout.write(`Forgot ${gone.name} (${gone.id}).\n`)
     })
 
   program

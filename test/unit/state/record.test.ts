@@ -143,12 +143,30 @@ describe('key space and ownership', () => {
   })
 
   it('drops a correctly signed record for another node’s node/ or status/ as forged-owner', async () => {
+    const nodeValue = (name: string) => ({
+      name,
+      arch: 'arm64',
+      cpus: 4,
+      memory: 1 << 30,
+      version: '0.1.0',
+      addresses: [],
+      startedAt: 1,
+      wgPublicKey: null,
+    })
     for (const key of [`node/${A}`, `status/${A}/web`]) {
-      const forged = await signRecord(keyB, draft(key, { name: 'evil' }))
+      const forged = await signRecord(keyB, draft(key, nodeValue('evil')))
       assert.ok(await verifyRecord(forged), 'the signature itself is fine')
       assert.deepEqual(await validateIncoming(forged, NOW), { ok: false, reason: 'forged-owner' })
-      const own = await signRecord(keyA, draft(key, { name: 'pi-1' }))
+      const own = await signRecord(keyA, draft(key, nodeValue('pi-1')))
       assert.deepEqual(await validateIncoming(own, NOW), { ok: true })
+      // `km1s forget`: any member may delete another node's records; the owner rewrites them if alive.
+      const forget = await signRecord(keyB, {
+        key,
+        value: null,
+        hlc: { wall: NOW, counter: 0 },
+        deleted: true,
+      })
+      assert.deepEqual(await validateIncoming(forget, NOW), { ok: true })
     }
     const label = await signRecord(keyB, draft(`label/${A}`, { zone: 'garage' }))
     assert.deepEqual(await validateIncoming(label, NOW), { ok: true })

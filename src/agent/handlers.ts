@@ -1,0 +1,112 @@
+// The control API's handlers: thin translations between API types and the subsystems.
+import { createHash } from 'node:crypto'
+import type { Handlers, NodeView, StatusView, StreamHandlers } from '../api/index.ts'
+import { KM1S_VERSION } from '../common/version.ts'
+import { type Member, type Membership, resolveNode } from '../membership/index.ts'
+import type { Mesh } from '../mesh/index.ts'
+import { encodeHlc, type Replication, type Store } from '../state/index.ts'
+
+export interface HandlerDeps {
+  name: () => string
+  dataDir: string
+  startedAt: number
+  mesh: Mesh
+  membership: Membership
+  store: Store
+  replication: Replication
+}
+
+function labelsOf(store: Store, id: string): Record<string, string> {
+  return (store.get(`label/${id}`)?.value as Record<string, string> | undefined) ?? {}
+}
+
+export function nodeView(m: Member, store: Store, now: number): NodeView {
+  return {
+    name: m.info.name,
+    id: m.id,
+    state: m.state,
+    self: m.self,
+    addresses: m.info.addresses,
+    arch: m.info.arch,
+    cpus: m.info.cpus,
+    memory: m.info.memory,
+    labels: labelsOf(store, m.id),
+    version: m.info.version,
+    uptime: Math.max(0, Math.round((now - m.info.startedAt) / 1000)),
+    lastHeard: m.lastHeard ? Math.max(0, now - m.lastHeard) : -1,
+  }
+}
+
+/** Applies `set` and `remove` to a label map (pure). */
+export function editLabels(
+  current: Record<string, string>,
+  set: Record<string, string>,
+  remove: string[],
+): Record<string, string> {
+  const next = { ...current, ...set }
+  for (const k of remove) delete next[k]
+  return next
+}
+
+export function createHandlers(d: HandlerDeps): { handlers: Handlers; streams: StreamHandlers } {
+  const { mesh, membership, store, replication } = d
+  const handlers: Handlers = {
+    health: () => ({ ok: true, name: d.name(), id: mesh.peerId.toString(), pid: process.pid }),
+    nodes: () => {
+      const now = Date.now()
+      return membership.members().map((m) => nodeView(m, store, now))
+    },
+    status: (): StatusView => {
+      const counts = { alive: 0, suspect: 0, dead: 0 }
+      for (const m of membership.members()) counts[m.state]++
+      const mem = process.memoryUsage()
+      const s = store.stats()
+      return {
+        name: d.name(),
+        id: mesh.peerId.toString(),
+        cluster: mesh.clusterId,
+        version: KM1S_VERSION,
+        pid: process.pid,
+        dataDir: d.dataDir,
+        uptime: Math.round((Date.now() - d.startedAt) / 1000),
+        addresses: mesh.addresses(),
+        nodes: counts,
+        mesh: mesh.stats(),
+        membership: membership.stats(),
+        state: {
+          ...s,
+          digest: createHash('sha256').update(store.digest()).digest('hex').slice(0, 16),
+          ...replication.stats(),
+        },
+        memory: { rss: mem.rss, heapUsed: mem.heapUsed },
+      }
+    },
+    label: async (req) => {
+      const member = resolveNode(membership.members(), req.node)
+      const labels = editLabels(labelsOf(store, member.id), req.set, req.remove)
+      // A user write: on disk before the API answers.
+      await store.put(`label/${member.id}`, labels, { durable: true })
+      return nodeView(member, store, Date.now())
+    },
+    forget: async (req) => {
+      const member = resolveNode(membership.members(), req.node)
+      await membership.forget(member.id)
+      return { id: member.id, name: member.info.name }
+    },
+  }
+  const streams: StreamHandlers = {
+    watch: async function* (req, signal) {
+      for await (const c of store.watch(req.prefix, signal)) {
+        yield {
+          key: c.key,
+          hlc: encodeHlc(c.record.hlc),
+          author: c.record.author,
+          deleted: c.record.deleted,
+          origin: c.origin,
+          at: c.at,
+        }
+      }
+    },
+  }
+  return { handlers, streams }
+}

@@ -1,0 +1,227 @@
+// Replication of the store between nodes: every local write published on gossipsub, and an anti-entropy
+// session (sync-frames.ts) on every new connection and every 30 s, because gossip alone loses messages
+// across a split. Everything from the network passes Store.applyRemote; nothing here trusts a peer.
+import type { GossipSub, Message } from '@libp2p/gossipsub'
+import { TopicValidatorResult } from '@libp2p/gossipsub'
+import type { Libp2p, PeerId, Stream } from '@libp2p/interface'
+import { lpStream } from '@libp2p/utils'
+import { errorMessage } from '../common/errors.ts'
+import type { Logger } from '../common/logger.ts'
+import { decodeDigest, diffDigests, recordsInBuckets } from './digest.ts'
+import { decodeRecord, encodeRecord, fromWire, toWire } from './record.ts'
+import type { Store } from './store.ts'
+import {
+  decodeFrame,
+  encodeFrame,
+  type Frame,
+  MAX_FRAME_BYTES,
+  MAX_RECORDS_PER_SESSION,
+  recordFrames,
+  SYNC_PROTOCOL,
+} from './sync-frames.ts'
+
+export const STATE_TOPIC = 'km1s/state/1'
+
+export interface ReplicationInit {
+  store: Store
+  libp2p: Pick<
+    Libp2p,
+    'handle' | 'unhandle' | 'dialProtocol' | 'getPeers' | 'addEventListener' | 'removeEventListener'
+  >
+  pubsub: Pick<GossipSub, 'subscribe' | 'unsubscribe' | 'publish' | 'topicValidators'>
+  logger: Logger
+  syncIntervalMs?: number
+  sessionTimeoutMs?: number
+}
+
+export interface ReplicationStats {
+  published: number
+  syncSessions: number
+  syncFailures: number
+  recordsSent: number
+  recordsReceived: number
+}
+
+class SyncAbort extends Error {
+  override readonly name = 'SyncAbort'
+}
+
+export class Replication {
+  readonly #init: ReplicationInit
+  readonly #log: Logger
+  readonly #inFlight = new Set<string>()
+  readonly #stats: ReplicationStats = {
+    published: 0,
+    syncSessions: 0,
+    syncFailures: 0,
+    recordsSent: 0,
+    recordsReceived: 0,
+  }
+  readonly #controller = new AbortController()
+  #timer: NodeJS.Timeout | undefined
+  #unsubscribe: (() => void) | undefined
+  #started = false
+
+  constructor(init: ReplicationInit) {
+    this.#init = init
+    this.#log = init.logger.child({ subsystem: 'state' })
+  }
+
+  async start(): Promise<void> {
+    if (this.#started) return
+    this.#started = true
+    const { libp2p, pubsub, store } = this.#init
+    pubsub.topicValidators.set(STATE_TOPIC, this.#onGossip)
+    pubsub.subscribe(STATE_TOPIC)
+    this.#unsubscribe = store.onChange((change) => {
+      if (change.origin !== 'local') return
+      this.#stats.published++
+      pubsub.publish(STATE_TOPIC, encodeRecord(change.record)).catch((err) => {
+        this.#log.debug({ err: errorMessage(err) }, 'publishing a record failed; anti-entropy will carry it')
+      })
+    })
+    await libp2p.handle(SYNC_PROTOCOL, (stream, connection) => this.#respond(stream, connection.remotePeer), {
+      maxInboundStreams: 4,
+    })
+    libp2p.addEventListener('peer:connect', this.#onConnect)
+    this.#timer = setInterval(() => {
+      for (const peer of libp2p.getPeers()) void this.syncWith(peer)
+    }, this.#init.syncIntervalMs ?? 30_000)
+    this.#timer.unref()
+  }
+
+  async stop(): Promise<void> {
+    if (!this.#started) return
+    this.#started = false
+    clearInterval(this.#timer)
+    this.#controller.abort()
+    this.#unsubscribe?.()
+    this.#init.libp2p.removeEventListener('peer:connect', this.#onConnect)
+    this.#init.pubsub.topicValidators.delete(STATE_TOPIC)
+    try {
+      this.#init.pubsub.unsubscribe(STATE_TOPIC)
+      await this.#init.libp2p.unhandle(SYNC_PROTOCOL)
+    } catch {
+      // libp2p may already be stopping
+    }
+  }
+
+  stats(): ReplicationStats {
+    return { ...this.#stats }
+  }
+
+  readonly #onConnect = (evt: CustomEvent<PeerId>): void => {
+    // Give the new connection a moment to settle (identify, protocol lists) before the first session.
+    const t = setTimeout(() => void this.syncWith(evt.detail), 100)
+    t.unref()
+  }
+
+  /** Gossip: one record per message; valid and newer → applied and forwarded, else not forwarded. */
+  readonly #onGossip = async (peer: PeerId, msg: Message): Promise<TopicValidatorResult> => {
+    const from = peer.toString()
+    const decoded = decodeRecord(msg.data)
+    if (!decoded.ok) {
+      this.#init.store.drop(decoded.reason === 'oversized' ? 'oversized' : 'garbage', from)
+      return TopicValidatorResult.Reject
+    }
+    const result = await this.#init.store.applyRemote(decoded.record, from)
+    if (result === 'applied') return TopicValidatorResult.Accept
+    return result === 'stale' ? TopicValidatorResult.Ignore : TopicValidatorResult.Reject
+  }
+
+  /** One anti-entropy session with `peer`, as the initiator. Never throws. */
+  async syncWith(peer: PeerId): Promise<void> {
+    const key = peer.toString()
+    if (this.#inFlight.has(key) || !this.#started) return
+    this.#inFlight.add(key)
+    const signal = AbortSignal.any([
+      this.#controller.signal,
+      AbortSignal.timeout(this.#init.sessionTimeoutMs ?? 20_000),
+    ])
+    let stream: Stream | undefined
+    try {
+      stream = await this.#init.libp2p.dialProtocol(peer, SYNC_PROTOCOL, { signal })
+      const lp = lpStream(stream, { maxDataLength: MAX_FRAME_BYTES })
+      const send = (f: Frame) => lp.write(encodeFrame(f), { signal })
+      const read = async (): Promise<Frame> => this.#readFrame(await lp.read({ signal }), key)
+      await send({ t: 'digest', d: Buffer.from(this.#init.store.digest()).toString('base64') })
+      const diff = await read()
+      if (diff.t !== 'diff') throw this.#garbage(key, 'expected a diff frame')
+      await this.#receiveRecords(read, key)
+      await this.#sendBuckets(diff.b, send)
+      await stream.close({ signal })
+      this.#stats.syncSessions++
+    } catch (err) {
+      this.#stats.syncFailures++
+      stream?.abort(err instanceof Error ? err : new Error(String(err)))
+      if (!this.#controller.signal.aborted)
+        this.#log.debug({ peer: key, err: errorMessage(err) }, 'sync session failed')
+    } finally {
+      this.#inFlight.delete(key)
+    }
+  }
+
+  async #respond(stream: Stream, remote: PeerId): Promise<void> {
+    const key = remote.toString()
+    const signal = AbortSignal.any([
+      this.#controller.signal,
+      AbortSignal.timeout(this.#init.sessionTimeoutMs ?? 20_000),
+    ])
+    try {
+      const lp = lpStream(stream, { maxDataLength: MAX_FRAME_BYTES })
+      const send = (f: Frame) => lp.write(encodeFrame(f), { signal })
+      const read = async (): Promise<Frame> => this.#readFrame(await lp.read({ signal }), key)
+      const first = await read()
+      if (first.t !== 'digest') throw this.#garbage(key, 'expected a digest frame')
+      const theirs = decodeDigest(new Uint8Array(Buffer.from(first.d, 'base64')))
+      if (!theirs) throw this.#garbage(key, 'a digest of the wrong size')
+      const buckets = diffDigests(this.#init.store.digest(), theirs)
+      await send({ t: 'diff', b: buckets })
+      await this.#sendBuckets(buckets, send)
+      await this.#receiveRecords(read, key)
+      await stream.close({ signal })
+    } catch (err) {
+      stream.abort(err instanceof Error ? err : new Error(String(err)))
+      if (!this.#controller.signal.aborted)
+        this.#log.debug({ peer: key, err: errorMessage(err) }, 'sync session failed')
+    }
+  }
+
+  #readFrame(bytes: { subarray(): Uint8Array }, from: string): Frame {
+    const frame = decodeFrame(bytes.subarray())
+    if (!frame) throw this.#garbage(from, 'bytes that are not a sync frame')
+    return frame
+  }
+
+  #garbage(from: string, what: string): SyncAbort {
+    this.#init.store.drop('garbage', from)
+    return new SyncAbort(`peer ${from} sent ${what}`)
+  }
+
+  async #sendBuckets(buckets: number[], send: (f: Frame) => Promise<void>): Promise<void> {
+    const records = recordsInBuckets(this.#init.store.all(), buckets).slice(0, MAX_RECORDS_PER_SESSION)
+    for (const frame of recordFrames(records.map(toWire))) await send(frame)
+    await send({ t: 'end' })
+    this.#stats.recordsSent += records.length
+  }
+
+  async #receiveRecords(read: () => Promise<Frame>, from: string): Promise<void> {
+    let count = 0
+    for (;;) {
+      const frame = await read()
+      if (frame.t === 'end') return
+      if (frame.t !== 'records') throw this.#garbage(from, `an unexpected ${frame.t} frame`)
+      count += frame.r.length
+      if (count > MAX_RECORDS_PER_SESSION) throw this.#garbage(from, 'more records than a session allows')
+      for (const wire of frame.r) {
+        const decoded = fromWire(wire)
+        if (!decoded.ok) {
+          this.#init.store.drop('malformed', from)
+          continue
+        }
+        if ((await this.#init.store.applyRemote(decoded.record, from)) === 'applied')
+          this.#stats.recordsReceived++
+      }
+    }
+  }
+}
