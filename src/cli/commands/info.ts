@@ -63,6 +63,19 @@ export function registerInfoCommands(program: Command): void {
           'Heartbeats',
           `${s.membership.heartbeatsReceived} received, ${s.membership.heartbeatsDropped} dropped`,
         ],
+        [
+          'Records',
+          `${s.state.records} (${s.state.tombstones} deleted), digest ${s.state.digest}, ${s.state.pendingWrites} not yet on disk`,
+        ],
+        [
+          'Replication',
+          `${s.state.applied} applied, ${s.state.stale} already known, ${s.state.published} published`,
+        ],
+        [
+          'Sync',
+          `${s.state.syncSessions} sessions (${s.state.syncFailures} failed), ${s.state.recordsSent} records sent, ${s.state.recordsReceived} received`,
+        ],
+        ['Dropped', formatDrops(s.state.dropped)],
         ['Memory', `${humanBytes(s.memory.rss)} RSS, ${humanBytes(s.memory.heapUsed)} heap`],
       ]
       for (const [k, v] of lines) process.stdout.write(`${`${k}:`.padEnd(14)}${v}\n`)
