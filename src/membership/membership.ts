@@ -68,7 +68,9 @@ export class Membership {
   #recordTimer: NodeJS.Timeout | undefined
   #soon: NodeJS.Timeout | undefined
   #unwatch: (() => void) | undefined
-  #seq = 0
+  // Gossipsub drops a message whose bytes it saw in the last minutes (unsigned messages are identified by
+  // a hash of their data), so a restarted node must not repeat its old sequence numbers: start at the clock.
+  #seq = Date.now()
   #started = false
 
   constructor(init: MembershipInit) {

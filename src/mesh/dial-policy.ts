@@ -9,7 +9,8 @@ export interface DialPolicy {
   maxBackoffMs: number
 }
 
-export const DEFAULT_DIAL_POLICY: DialPolicy = { graceMs: 500, baseBackoffMs: 250, maxBackoffMs: 10_000 }
+// The back-off stays short: on a LAN a failed dial is cheap, and after a split heals every second counts.
+export const DEFAULT_DIAL_POLICY: DialPolicy = { graceMs: 500, baseBackoffMs: 250, maxBackoffMs: 3_000 }
 
 export function shouldDial(self: string, peer: string, waitedMs: number, policy: DialPolicy): boolean {
   return self < peer || waitedMs >= policy.graceMs
