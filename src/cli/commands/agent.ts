@@ -1,7 +1,8 @@
 import { existsSync } from 'node:fs'
-import { type Command, Option } from 'commander'
+import { type Command, InvalidArgumentError, Option } from 'commander'
 import { DEFAULT_LISTEN, DEFAULT_TOKEN_FILE, runAgent } from '../../agent/index.ts'
 import { initCluster } from '../../agent/setup.ts'
+import { Km1sError } from '../../common/errors.ts'
 import { createLogger, type LogLevel } from '../../common/logger.ts'
 import { dataPaths } from '../../common/paths.ts'
 import { globals } from '../main.ts'
@@ -13,6 +14,18 @@ interface AgentOptions {
   tokenFile: string
   mdns: boolean
   logLevel: LogLevel
+  suspectAfter: number
+  deadAfter: number
+  forgetAfter: number
+}
+
+function seconds(what: string) {
+  return (value: string): number => {
+    const n = Number(value)
+    if (!Number.isFinite(n) || n <= 0)
+      throw new InvalidArgumentError(`${what} is a number of seconds above 0.`)
+    return n
+  }
 }
 
 const collect = (value: string, previous: string[]) => [...previous, value]
@@ -29,6 +42,19 @@ function agentOptions(cmd: Command): Command {
     .option('--peer <multiaddr>', 'a peer to dial for networks without multicast, repeatable', collect, [])
     .option('--token-file <path>', 'join token file consumed at first start', DEFAULT_TOKEN_FILE)
     .option('--no-mdns', 'do not discover peers with mDNS')
+    .option(
+      '--suspect-after <seconds>',
+      'a node not heard for this long is suspect',
+      seconds('--suspect-after'),
+      3,
+    )
+    .option('--dead-after <seconds>', 'a node not heard for this long is dead', seconds('--dead-after'), 5)
+    .option(
+      '--forget-after <seconds>',
+      'a dead node leaves km1s nodes after this long',
+      seconds('--forget-after'),
+      86_400,
+    )
     .addOption(
       new Option('--log-level <level>', 'how much the agent logs')
         .choices(['trace', 'debug', 'info', 'warn', 'error'])
@@ -38,6 +64,12 @@ function agentOptions(cmd: Command): Command {
 
 async function run(cmd: Command, opts: AgentOptions, banner: boolean): Promise<void> {
   const g = globals(cmd)
+  if (opts.deadAfter <= opts.suspectAfter) {
+    throw new Km1sError(
+      'ERR_INVALID',
+      `--dead-after (${opts.deadAfter}) must be longer than --suspect-after (${opts.suspectAfter}).`,
+    )
+  }
   const logger = createLogger({ level: opts.logLevel, name: opts.name })
   const code = await runAgent(
     {
@@ -48,6 +80,8 @@ async function run(cmd: Command, opts: AgentOptions, banner: boolean): Promise<v
       peers: opts.peer,
       tokenFile: opts.tokenFile,
       mdns: opts.mdns,
+      detector: { suspectMs: opts.suspectAfter * 1000, deadMs: opts.deadAfter * 1000 },
+      forgetAfterMs: opts.forgetAfter * 1000,
       logger,
     },
     (agent) => {
