@@ -6,7 +6,14 @@ export function parseLabelChanges(changes: string[]): { set: Record<string, stri
   const remove: string[] = []
   for (const change of changes) {
     const eq = change.indexOf('=')
-    if (eq > 0) set[change.slice(0, eq)] = change.slice(eq + 1)
+    // defineProperty, not assignment: `set['__proto__'] = v` would be swallowed by the prototype setter.
+    if (eq > 0)
+      Object.defineProperty(set, change.slice(0, eq), {
+        value: change.slice(eq + 1),
+        enumerable: true,
+        writable: true,
+        configurable: true,
+      })
     else if (change.endsWith('-') && change.length > 1) remove.push(change.slice(0, -1))
     else
       throw new Km1sError(

@@ -7,7 +7,7 @@ import type { AbstractSublevel } from 'abstract-level'
 import { errorMessage, Km1sError } from '../common/errors.ts'
 import { createLogThrottle, type Logger } from '../common/logger.ts'
 import { computeDigest, type Digest } from './digest.ts'
-import { type Hlc, receive, tick, ZERO_HLC } from './hlc.ts'
+import { compareHlc, type Hlc, receive, tick, ZERO_HLC } from './hlc.ts'
 import { collectTombstones, supersedes, TOMBSTONE_HORIZON_MS } from './merge.ts'
 import {
   checkRecord,
@@ -22,6 +22,9 @@ import {
 } from './record.ts'
 
 export const SCHEMA_VERSION = 1
+
+/** classic-level's fsync option; abstract-level's types do not list it, sublevels pass it through. */
+const SYNC_WRITE = { sync: true } as unknown as Parameters<RecordsDb['put']>[2]
 
 // biome-ignore lint/suspicious/noExplicitAny: the parent database type does not matter here
 export type RecordsDb = AbstractSublevel<any, any, string, WireRecord>
@@ -121,7 +124,7 @@ export class Store {
         continue
       }
       this.#map.set(key, decoded.record)
-      if (decoded.record.hlc.wall > this.#hlc.wall) this.#hlc = decoded.record.hlc
+      if (compareHlc(decoded.record.hlc, this.#hlc) > 0) this.#hlc = decoded.record.hlc
     }
     if (skipped > 0) this.#log.warn({ skipped }, 'skipped unreadable records in the state database')
     this.#gcTimer = setInterval(() => this.collectGarbage(), this.#init.gcIntervalMs ?? 3_600_000)
@@ -178,8 +181,24 @@ export class Store {
         `The record ${key} was refused: ${verdict.reason.replace('-', ' ')}.`,
       )
     }
-    this.#set(record, 'local')
-    if (durable) await this.flush()
+    if (durable) {
+      // A user write: on disk (fsync'd, it must survive a power cut) before it is applied, gossiped or
+      // acknowledged, so an error means the write did not happen. Queued behind flushes of older versions.
+      await this.#enqueue(async () => {
+        try {
+          await this.#init.records.put(key, toWire(record), SYNC_WRITE)
+        } catch (err) {
+          throw new Km1sError(
+            'ERR_DISK',
+            `Cannot write the state database: ${errorMessage(err)}; free some disk space.`,
+            {
+              cause: err,
+            },
+          )
+        }
+      })
+      this.#set(record, 'local', false)
+    } else this.#set(record, 'local', true)
     return record
   }
 
@@ -208,7 +227,7 @@ export class Store {
       this.#stale++
       return 'stale'
     }
-    this.#set(record, 'remote')
+    this.#set(record, 'remote', true)
     this.#applied++
     return 'applied'
   }
@@ -276,12 +295,14 @@ export class Store {
     return removed
   }
 
-  #set(record: SignedRecord, origin: StoreChange['origin']): void {
+  #set(record: SignedRecord, origin: StoreChange['origin'], persist = true): void {
     this.#map.set(record.key, record)
     this.#digest = undefined
-    this.#pending.set(record.key, record)
-    this.#scheduleFlush()
-    this.#events.emit('change', { key: record.key, record, origin, at: Date.now() } satisfies StoreChange)
+    if (persist) {
+      this.#pending.set(record.key, record)
+      this.#scheduleFlush()
+    } else this.#pending.delete(record.key)
+    this.#events.emit('change', { key: record.key, record, origin, at: this.#now() } satisfies StoreChange)
   }
 
   #scheduleFlush(): void {
@@ -297,10 +318,12 @@ export class Store {
 
   /** Writes what is pending in one batch; concurrent calls queue behind each other. */
   flush(): Promise<void> {
-    this.#flushing = this.#flushing.then(
-      () => this.#flushNow(),
-      () => this.#flushNow(),
-    )
+    return this.#enqueue(() => this.#flushNow())
+  }
+
+  /** Runs disk work one job at a time, in order, whatever the previous job's outcome. */
+  #enqueue(job: () => Promise<void>): Promise<void> {
+    this.#flushing = this.#flushing.then(job, job)
     return this.#flushing
   }
 

@@ -57,7 +57,7 @@ export function recordFrames(wires: unknown[]): Frame[] {
   let batch: unknown[] = []
   let size = 0
   for (const w of wires) {
-    const n = JSON.stringify(w).length
+    const n = Buffer.byteLength(JSON.stringify(w), 'utf8')
     if (n > MAX_RECORD_BYTES * 2) continue
     if (size + n > RECORDS_FRAME_TARGET_BYTES && batch.length > 0) {
       frames.push({ t: 'records', r: batch })
