@@ -197,7 +197,8 @@ export class Store {
           )
         }
       })
-      this.#set(record, 'local', false)
+      // A newer record of this key may have arrived while the disk was busy: it stays.
+      if (supersedes(record, this.#map.get(key))) this.#set(record, 'local', false)
     } else this.#set(record, 'local', true)
     return record
   }
@@ -207,7 +208,9 @@ export class Store {
     const now = this.#now()
     const current = this.#map.get(record.key)
     // Cheap first: a record we already hold (gossip duplicates, sync overlaps) needs no signature check.
-    if (!supersedes(record, current)) {
+    // A tombstone past the horizon is stale too, or nodes that collected it would keep getting it back.
+    const expired = record.deleted && record.hlc.wall < now - (this.#init.tombstoneHorizonMs ?? TOMBSTONE_HORIZON_MS)
+    if (expired || !supersedes(record, current)) {
       this.#stale++
       return 'stale'
     }
