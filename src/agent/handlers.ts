@@ -89,7 +89,8 @@ export function createHandlers(d: HandlerDeps): { handlers: Handlers; streams: S
       return nodeView(member, store, Date.now())
     },
     forget: async (req) => {
-      const member = resolveNode(membership.members(), req.node)
+      // Also the nodes hidden after --forget-after: their records are still there to remove.
+      const member = resolveNode(membership.members({ includeForgotten: true }), req.node)
       await membership.forget(member.id)
       return { id: member.id, name: member.info.name }
     },

@@ -3,6 +3,7 @@
 import { readFile, rm } from 'node:fs/promises'
 import { hostname } from 'node:os'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
+import { Level } from 'level'
 import { z } from 'zod'
 import { Km1sError } from '../common/errors.ts'
 import { dataPaths } from '../common/paths.ts'
@@ -107,8 +108,32 @@ export async function joinCluster(
       `This data directory (${dir}) already belongs to another cluster; use another --data-dir, or pass --force to move this node.`,
     )
   }
+  if (existing && Buffer.compare(existing, secret) !== 0) await forgetOldCluster(paths.database)
   await writeClusterSecret(paths.clusterKey, secret)
   return finish(dir, secret, opts.name, false)
+}
+
+/**
+ * A node moving to another cluster starts with an empty database: the old cluster's records and peers
+ * must not spill into the new one. Refused while an agent holds the database.
+ */
+async function forgetOldCluster(database: string): Promise<void> {
+  const db = new Level(database)
+  try {
+    await db.open({ createIfMissing: false })
+  } catch (err) {
+    const code = (err as { cause?: { code?: string } }).cause?.code
+    if (code === 'LEVEL_LOCKED') {
+      throw new Km1sError(
+        'ERR_AGENT_RUNNING',
+        'A km1s agent is running on this data directory; stop it before moving the node to another cluster.',
+      )
+    }
+    // No database yet: nothing to forget.
+    return
+  }
+  await db.close()
+  await rm(database, { recursive: true, force: true })
 }
 
 export async function readJoinToken(dir: string): Promise<string> {

@@ -131,7 +131,7 @@ export class Membership {
   }
 
   /** This node's view of the cluster: every node record, with liveness from heartbeats; itself first. */
-  members(): Member[] {
+  members(opts: { includeForgotten?: boolean } = {}): Member[] {
     const now = this.#now()
     const forgetAfter = this.#init.forgetAfterMs ?? DEFAULT_FORGET_AFTER_MS
     const self: Member = {
@@ -147,7 +147,7 @@ export class Membership {
       if (id === this.#selfId) continue
       const heard = this.#heard.get(id) ?? 0
       // A node never heard since this agent started counts from its record's clock.
-      if (now - (heard || record.hlc.wall) > forgetAfter) continue
+      if (!opts.includeForgotten && now - (heard || record.hlc.wall) > forgetAfter) continue
       const state = heard ? memberState(now, heard, this.#cfg) : 'dead'
       others.push({ id, self: false, state, lastHeard: heard, info: record.value as NodeValue })
     }
@@ -163,7 +163,7 @@ export class Membership {
     if (id === this.#selfId) {
       throw new Km1sError('ERR_INVALID', 'A node cannot forget itself; run km1s forget on another node.')
     }
-    const member = this.members().find((m) => m.id === id)
+    const member = this.members({ includeForgotten: true }).find((m) => m.id === id)
     if (member && member.state !== 'dead') {
       throw new Km1sError(
         'ERR_NODE_ALIVE',

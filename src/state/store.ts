@@ -209,7 +209,8 @@ export class Store {
     const current = this.#map.get(record.key)
     // Cheap first: a record we already hold (gossip duplicates, sync overlaps) needs no signature check.
     // A tombstone past the horizon is stale too, or nodes that collected it would keep getting it back.
-    const expired = record.deleted && record.hlc.wall < now - (this.#init.tombstoneHorizonMs ?? TOMBSTONE_HORIZON_MS)
+    const expired =
+      record.deleted && record.hlc.wall < now - (this.#init.tombstoneHorizonMs ?? TOMBSTONE_HORIZON_MS)
     if (expired || !supersedes(record, current)) {
       this.#stale++
       return 'stale'

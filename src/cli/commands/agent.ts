@@ -62,14 +62,18 @@ function agentOptions(cmd: Command): Command {
     )
 }
 
-async function run(cmd: Command, opts: AgentOptions, banner: boolean): Promise<void> {
-  const g = globals(cmd)
+function checkDetector(opts: AgentOptions): void {
   if (opts.deadAfter <= opts.suspectAfter) {
     throw new Km1sError(
       'ERR_INVALID',
       `--dead-after (${opts.deadAfter}) must be longer than --suspect-after (${opts.suspectAfter}).`,
     )
   }
+}
+
+async function run(cmd: Command, opts: AgentOptions, banner: boolean): Promise<void> {
+  const g = globals(cmd)
+  checkDetector(opts)
   const logger = createLogger({ level: opts.logLevel, name: opts.name })
   const code = await runAgent(
     {
@@ -112,6 +116,7 @@ export function registerAgentCommands(program: Command): void {
   ).action(async (opts: AgentOptions, cmd: Command) => {
     const g = globals(cmd)
     // A token on the boot partition wins over creating a new cluster: the agent consumes it at start.
+    checkDetector(opts)
     const joining = existsSync(opts.tokenFile) && !existsSync(dataPaths(g.dataDir).clusterKey)
     if (!joining) await initCluster(g.dataDir, { name: opts.name })
     await run(cmd, opts, true)

@@ -76,3 +76,22 @@ describe('cluster setup', () => {
     assert.equal(await readFile(tokenFile, 'utf8'), 'garbage')
   })
 })
+
+describe('moving a node to another cluster', () => {
+  it('join --force starts with an empty database, and is refused while an agent holds it', async () => {
+    const { Level } = await import('level')
+    const a = await initCluster(await tmp())
+    const b = await initCluster(await tmp())
+    const dir = await tmp()
+    await joinCluster(dir, a.token)
+    const db = new Level<string, string>(join(dir, 'db'))
+    await db.put('records!x', 'old cluster record')
+    await assert.rejects(joinCluster(dir, b.token, { force: true }), { code: 'ERR_AGENT_RUNNING' })
+    assert.equal(await readJoinToken(dir), a.token, 'nothing changed')
+    await db.close()
+    await joinCluster(dir, b.token, { force: true })
+    assert.equal(await readJoinToken(dir), b.token)
+    assert.equal(existsSync(join(dir, 'db')), false, 'the old database is gone')
+    await joinCluster(dir, b.token)
+  })
+})
