@@ -103,6 +103,7 @@ export class Membership {
     })
     this.#init.bus.addEventListener('subscription-change', this.#onSubscriptionChange)
     this.#init.connections.addEventListener('peer:disconnect', this.#onDisconnect)
+    this.#init.connections.addEventListener('peer:identify', this.#onIdentify)
     this.#init.bus.topicValidators.set(HEARTBEAT_TOPIC, this.#onHeartbeat)
     this.#init.bus.subscribe(HEARTBEAT_TOPIC)
     this.#timer = setInterval(() => this.#beat(), this.#cfg.heartbeatMs)
@@ -122,6 +123,7 @@ export class Membership {
     this.#unwatch?.()
     this.#init.bus.removeEventListener('subscription-change', this.#onSubscriptionChange)
     this.#init.connections.removeEventListener('peer:disconnect', this.#onDisconnect)
+    this.#init.connections.removeEventListener('peer:identify', this.#onIdentify)
     this.#init.bus.topicValidators.delete(HEARTBEAT_TOPIC)
     try {
       this.#init.bus.unsubscribe(HEARTBEAT_TOPIC)
@@ -237,6 +239,15 @@ export class Membership {
         if (this.#started) this.#beat()
       }, 10)
     }
+  }
+
+  /**
+   * A peer that just finished identify with us is as alive as a heartbeat says: counting it saves the
+   * wait for gossipsub's streams (opened one peer at a time) when many nodes start together.
+   */
+  readonly #onIdentify = (evt: CustomEvent<{ peerId: PeerId }>): void => {
+    const id = evt.detail.peerId.toString()
+    if (id !== this.#selfId) this.#heard.set(id, this.#now())
   }
 
   readonly #onDisconnect = (evt: CustomEvent<PeerId>): void => {

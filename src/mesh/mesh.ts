@@ -1,3 +1,4 @@
+import { connect } from 'node:net'
 import { gossipsub } from '@libp2p/gossipsub'
 import { identify } from '@libp2p/identify'
 import type { Connection, Libp2p, PeerId, PrivateKey } from '@libp2p/interface'
@@ -73,7 +74,10 @@ function createLibp2pNode(init: MeshInit) {
             mdns({
               // The tag is derived from the secret: nodes of other clusters on the same LAN do not even try.
               serviceTag: `_km1s-${cluster}._udp.local`,
-              interval: init.mdnsIntervalMs ?? 10_000,
+              // A newcomer's own query at start is answered at once, and every node hears the multicast
+              // answers; the persisted peer book reconnects known peers. So query rarely: with 10 nodes a
+              // 10 s interval cost each agent ~1 % of a core in answers (docs/benchmarks.md).
+              interval: init.mdnsIntervalMs ?? 60_000,
             }),
           ],
     services: {
@@ -106,6 +110,8 @@ interface Target {
   nextAttemptAt: number
   waitingSince: number
   dialing: boolean
+  /** Dialed successfully at least once since start. */
+  connected?: boolean
 }
 
 export class Mesh {
@@ -298,13 +304,18 @@ export class Mesh {
     try {
       const conn = await this.libp2p.dial(target, { signal: AbortSignal.timeout(5_000) })
       t.failures = 0
+      t.connected = true
       if (t.addr && !t.peer) t.peer = conn.remotePeer.toString()
     } catch (err) {
       t.failures++
       this.#dialFailures++
       t.nextAttemptAt = Date.now() + backoffMs(t.failures, this.#policy)
       const where = t.addr?.toString() ?? t.peer ?? ''
-      if (isHandshakeFailure(err)) {
+      // With mismatched keys the handshake fails fast or, as often, both sides wait for bytes that never
+      // come until the dial times out: then a plain TCP connect tells "answered" from "unreachable".
+      const answered =
+        isHandshakeFailure(err) || ((err as Error).name === 'TimeoutError' && (await this.#answers(t)))
+      if (answered) {
         this.#handshakeFailures++
         if (this.#warnOnce(`handshake:${where}`)) {
           this.#log.warn(
@@ -313,12 +324,44 @@ export class Mesh {
           )
         }
       } else if (this.#warnOnce(`dial:${where}`)) {
-        this.#log.debug({ peer: t.peer, addr: t.addr?.toString(), err: errorMessage(err) }, 'dial failed')
+        this.#log.debug(
+          { peer: t.peer, addr: t.addr?.toString(), err: errorMessage(err), chain: errorChain(err) },
+          'dial failed',
+        )
       }
     } finally {
       t.dialing = false
     }
   }
+
+  /** Whether the target's TCP port accepts a connection (closed again at once). */
+  async #answers(t: Target): Promise<boolean> {
+    const addr = t.addr
+    const host = addr?.getComponents().find((c) => c.name === 'ip4' || c.name === 'ip6')?.value
+    const port = Number(addr?.getComponents().find((c) => c.name === 'tcp')?.value)
+    if (!host || !Number.isInteger(port)) return false
+    return new Promise((resolve) => {
+      const socket = connect({ host, port, timeout: 1_000 })
+      const done = (ok: boolean) => {
+        socket.destroy()
+        resolve(ok)
+      }
+      socket.once('connect', () => done(true))
+      socket.once('error', () => done(false))
+      socket.once('timeout', () => done(false))
+    })
+  }
+}
+
+/** The names and messages of an error and its causes, for debug logs. */
+function errorChain(err: unknown): string[] {
+  const out: string[] = []
+  let cur: unknown = err
+  while (cur instanceof Error && out.length < 6) {
+    out.push(`${cur.name}: ${cur.message}`)
+    cur = (cur as { cause?: unknown }).cause
+  }
+  return out
 }
 
 export async function createMesh(init: MeshInit): Promise<Mesh> {
