@@ -94,9 +94,17 @@ async function run(cmd: Command, opts: AgentOptions, banner: boolean): Promise<v
       const dd = process.env.KM1S_DATA_DIR || g.dataDir === '/var/lib/km1s' ? '' : ` --data-dir ${g.dataDir}`
       process.stdout.write(
         `\nkm1s is up: node ${agent.name}, data in ${g.dataDir}, API on ${g.socket}.\n` +
-          `  km1s${dd}${sock} nodes     # the cluster from here\n` +
-          `  km1s${dd}${sock} status    # this node\n` +
-          `  km1s${dd} token           # the join token for another machine: km1s join TOKEN && km1s agent\n` +
+          [
+            [`km1s${dd}${sock} nodes`, 'the cluster from here'],
+            [`km1s${dd}${sock} status`, 'this node'],
+            [`km1s${dd}${sock} label ${agent.name} k=v`, 'label a node, from any node'],
+            [`km1s${dd} token`, 'the join token for another machine: km1s join TOKEN && km1s agent'],
+          ]
+            .map(
+              ([cmd, what], _, all) =>
+                `  ${cmd?.padEnd(Math.max(...all.map((r) => r[0]?.length ?? 0)))}  # ${what}\n`,
+            )
+            .join('') +
           'Press Ctrl-C to stop.\n\n',
       )
     },
