@@ -1,6 +1,7 @@
 // `km1s doctor`: what this host can and cannot do for km1s, and what to install or enable.
 // Probes (probe.ts) gather facts and try things in a throw-away network namespace; verdicts.ts judges them.
 import { resolve } from 'node:path'
+import { detectOciRuntime } from '../runtime/detect.ts'
 import {
   defaultDataDir,
   findTool,
@@ -50,7 +51,7 @@ async function diagnose(opts: DoctorOptions): Promise<DoctorReport> {
   const euid = process.geteuid?.()
   const isRoot = euid === 0
   const dataDir = resolve(opts.dataDir ?? defaultDataDir(isRoot))
-  const [ip, nft, crun, runc, catatonit, wireguardGo, wg, cgroups, host, tun, disk] = await Promise.all([
+  const [ip, nft, crun, runc, catatonit, wireguardGo, wg, cgroups, host, tun, disk, oci] = await Promise.all([
     findTool(['ip'], ['-V'], /iproute2-([\w.]+)/),
     findTool(['nft'], ['--version'], /nftables v(\S+)/),
     findTool(['crun'], ['--version'], /crun version (\S+)/),
@@ -64,6 +65,8 @@ async function diagnose(opts: DoctorOptions): Promise<DoctorReport> {
     probeHostFlavour(),
     probeTun(),
     probeDisk(dataDir),
+    // Runs a throw-away container (~50 ms, once per process); as non-root it answers 'needs root' at once.
+    detectOciRuntime(),
   ])
   const net = await probeNetwork(ip?.path ?? null, nft?.path ?? null, isRoot)
   const kernelWireGuard = net.wireguardKernel.status === 'ok'
@@ -78,7 +81,7 @@ async function diagnose(opts: DoctorOptions): Promise<DoctorReport> {
     checkWireGuard({ kernel: net.wireguardKernel, wireguardGo, wg, tunUsable: tun === 'char' }),
     checkCgroupLayout(cgroups.info),
     checkCgroupControllers(cgroups.info, host, cgroups),
-    checkOciRuntime(crun, runc, cgroups.info),
+    checkOciRuntime(crun, runc, cgroups.info, oci),
     checkCatatonit(catatonit),
     checkNode(process.versions.node),
     checkDisk(disk),

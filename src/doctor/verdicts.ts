@@ -1,4 +1,6 @@
 // Pure: turns what the probes found into checks with a level, a one-line detail and, when not ok, a fix.
+
+import type { OciRuntimeChoice } from '../runtime/detect.ts'
 import { availableControllers, missingControllers, NEEDED_CONTROLLERS } from './cgroup.ts'
 import { aptInstall, type ControllerFacts, controllersFix } from './host.ts'
 import type { CgroupInfo, DoctorCheck, HostFlavour, Probe, SkipReason } from './types.ts'
@@ -208,8 +210,18 @@ export function checkCgroupControllers(
   )
 }
 
-export function checkOciRuntime(crun: Tool | null, runc: Tool | null, info: CgroupInfo | null): DoctorCheck {
+/**
+ * With `detected` (the result of running a throw-away container, runtime/detect.ts) the verdict says what km1s
+ * will use and how; without it, it is inferred from the cgroup layout alone.
+ */
+export function checkOciRuntime(
+  crun: Tool | null,
+  runc: Tool | null,
+  info: CgroupInfo | null,
+  detected?: OciRuntimeChoice,
+): DoctorCheck {
   const [id, name] = ['oci-runtime', 'crun / runc']
+  if (detected !== undefined && (crun !== null || runc !== null)) return ociVerdict(crun, runc, detected)
   const also = runc === null ? '' : `; runc ${describe(runc)} also present`
   // crun refuses a hybrid layout only when controllers sit on the cgroup2 side (PLATFORM.md: hugetlb here).
   if (crun !== null && info?.layout === 'hybrid' && info.v2Controllers.length > 0)
@@ -232,6 +244,45 @@ export function checkOciRuntime(crun: Tool | null, runc: Tool | null, info: Cgro
     'neither crun nor runc found: no isolated containers (only the unisolated process runtime)',
     aptInstall('crun'),
   )
+}
+
+function ociVerdict(crun: Tool | null, runc: Tool | null, detected: OciRuntimeChoice): DoctorCheck {
+  const [id, name] = ['oci-runtime', 'crun / runc']
+  if (detected.reason === 'needs root') return check(id, name, 'warn', 'needs root', RUN_AS_ROOT)
+  const tool = detected.runtime === 'crun' ? crun : detected.runtime === 'runc' ? runc : null
+  const version = tool?.version === null || tool === null ? '' : ` ${tool.version}`
+  switch (detected.runtime) {
+    case 'crun':
+      if (detected.wrapper.length === 0)
+        return check(id, name, 'ok', `km1s will use crun${version}: it runs as it is`)
+      return check(
+        id,
+        name,
+        'ok',
+        `km1s will use crun${version} in a private mount namespace without the cgroup2 mount (hybrid layout: ` +
+          'crun refuses it as it is)',
+      )
+    case 'runc':
+      return check(
+        id,
+        name,
+        'warn',
+        `km1s will use runc${version} (${detected.reason.replace(/^runc \((.*)\)$/, '$1')})`,
+        crun === null
+          ? aptInstall('crun')
+          : 'crun is installed but refused to run a container: see the error above',
+      )
+    case 'none':
+      return check(
+        id,
+        name,
+        'fail',
+        `no OCI runtime could run a test container: ${detected.tried.map((t) => `${t.how}: ${t.error ?? 'failed'}`).join('; ')}`,
+        crun === null
+          ? aptInstall('crun')
+          : 'reinstall crun (apt-get install --reinstall crun) and check the error above',
+      )
+  }
 }
 
 export function checkCatatonit(catatonit: Tool | null): DoctorCheck {

@@ -1,0 +1,386 @@
+// Pure: the OCI runtime-spec config.json for one process of a km1s container, and the small files it binds.
+// No I/O here: the caller decides which host paths exist and writes the rendered files (docs/runtime.md).
+import { isAbsolute, normalize } from 'node:path'
+import { z } from 'zod'
+import { Km1sError } from '../common/errors.ts'
+
+export const OCI_VERSION = '1.0.2'
+/** The unprivileged default user (nobody/nogroup on Debian). */
+export const DEFAULT_UID = 65534
+export const DEFAULT_GID = 65534
+export const MIN_MEMORY_BYTES = 4 * 1024 * 1024
+/** CFS period; a quota below 1 ms is refused by the kernel, hence at least 10 millicores. */
+export const CPU_PERIOD_US = 100_000
+export const MIN_CPU_MILLICORES = 10
+export const DEFAULT_TMP_BYTES = 64 * 1024 * 1024
+export const DEFAULT_NOFILE = 4096
+export const DEFAULT_PATH_ENV = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+
+/**
+ * Host paths bound read-only into every container. Not all exist everywhere (/lib64 on arm): callers pass
+ * the present ones (`presentSystemPaths` in host.ts). /etc/ssl/certs lets TLS clients verify servers.
+ */
+export const DEFAULT_SYSTEM_PATHS: readonly string[] = [
+  '/usr',
+  '/bin',
+  '/sbin',
+  '/lib',
+  '/lib64',
+  '/etc/ssl/certs',
+  '/etc/ld.so.cache',
+  '/etc/alternatives',
+]
+
+/**
+ * Capabilities a spec may ask for. The default is none: processes run as an unprivileged user with no new
+ * privileges, and nothing km1s runs needs more. Binding a port below 1024 is the one common exception.
+ */
+export const ALLOWED_CAPABILITIES = ['CAP_NET_BIND_SERVICE'] as const
+
+// runc's defaults (libcontainer/specconv/example.go): kernel interfaces a container must not read or write.
+export const MASKED_PATHS: readonly string[] = [
+  '/proc/acpi',
+  '/proc/asound',
+  '/proc/kcore',
+  '/proc/keys',
+  '/proc/latency_stats',
+  '/proc/timer_list',
+  '/proc/timer_stats',
+  '/proc/sched_debug',
+  '/proc/scsi',
+  '/sys/firmware',
+]
+export const READONLY_PATHS: readonly string[] = [
+  '/proc/bus',
+  '/proc/fs',
+  '/proc/irq',
+  '/proc/sys',
+  '/proc/sysrq-trigger',
+]
+
+// Destinations km1s mounts itself; a system path may not shadow them.
+const RESERVED_DESTINATIONS = new Set([
+  '/proc',
+  '/dev',
+  '/sys',
+  '/tmp',
+  '/app',
+  '/etc/hosts',
+  '/etc/hostname',
+  '/etc/resolv.conf',
+])
+
+/** A DNS label: it becomes `<container>.ctr.km1s.internal` and part of cgroup and OCI ids. */
+export const NAME_PATTERN = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/
+const NAME_RULE = 'lowercase letters, digits and dashes, at most 63, not starting or ending with a dash'
+
+/** `/usr/./lib/` and `/usr/lib` are one destination: compare and mount them as the latter. */
+function canonicalPath(path: string): string {
+  const normal = normalize(path)
+  return normal.length > 1 ? normal.replace(/\/+$/, '') : normal
+}
+
+const absolutePath = z
+  .string()
+  .refine((p) => isAbsolute(p) && !p.includes('\0'), 'must be an absolute path')
+  .transform(canonicalPath)
+
+const namespaceSource = z
+  .string()
+  .refine((p) => p === 'new' || (isAbsolute(p) && !p.includes('\0')), "must be an absolute path or 'new'")
+  .transform((p) => (p === 'new' ? p : canonicalPath(p)))
+
+const envName = /^[A-Za-z_][A-Za-z0-9_]*$/
+
+export const containerProcessSpecSchema = z
+  .object({
+    container: z.string().regex(NAME_PATTERN, `must be ${NAME_RULE}`),
+    process: z.string().regex(NAME_PATTERN, `must be ${NAME_RULE}`),
+    args: z
+      .array(z.string().refine((a) => !a.includes('\0'), 'must not contain a NUL byte'))
+      .min(1, 'must name the program to run'),
+    env: z
+      .record(
+        z.string().regex(envName, 'names must be letters, digits and underscores'),
+        z.string().refine((v) => !v.includes('\0'), 'must not contain a NUL byte'),
+      )
+      .default({}),
+    cwd: absolutePath.default('/'),
+    user: z
+      .object({
+        uid: z.number().int().min(0).max(0xfffffffe).default(DEFAULT_UID),
+        gid: z.number().int().min(0).max(0xfffffffe).default(DEFAULT_GID),
+      })
+      .default({ uid: DEFAULT_UID, gid: DEFAULT_GID }),
+    capabilities: z.array(z.enum(ALLOWED_CAPABILITIES)).default([]),
+    nofile: z.number().int().min(64).max(1_048_576).default(DEFAULT_NOFILE),
+    limits: z.object({
+      memoryBytes: z.number().int().min(MIN_MEMORY_BYTES, 'must be at least 4 MiB (4194304 bytes)'),
+      /** Absent: no CPU quota. */
+      cpuMillicores: z.number().int().min(MIN_CPU_MILLICORES, 'must be at least 10 millicores').optional(),
+      pids: z.number().int().min(1, 'must be at least 1'),
+    }),
+    /** The empty directory (or any directory) used as the read-only root. */
+    rootfs: absolutePath,
+    /** The container's hostname: set only when the UTS namespace is new (a joined one keeps its own). */
+    hostname: z.string().regex(NAME_PATTERN, `must be ${NAME_RULE}`),
+    systemPaths: z.array(absolutePath).default([...DEFAULT_SYSTEM_PATHS]),
+    /** The artifact directory, bound read-only at /app. */
+    artifactDir: absolutePath.optional(),
+    tmpBytes: z
+      .number()
+      .int()
+      .min(1024 * 1024)
+      .default(DEFAULT_TMP_BYTES),
+    /** Host files rendered by renderHosts / renderHostname / renderResolvConf. */
+    files: z.object({ hosts: absolutePath, hostname: absolutePath, resolvConf: absolutePath }),
+    /** Network, UTS and IPC: a path to join (/run/netns/km1s-…, /proc/<pause>/ns/uts) or 'new'. */
+    namespaces: z.object({ network: namespaceSource, uts: namespaceSource, ipc: namespaceSource }),
+    /** Defaults to /km1s/<container>/<process>; an override must stay under a km1s name. */
+    cgroupsPath: z
+      .string()
+      .regex(/^\/km1s[-/][A-Za-z0-9_./-]*$/, 'must be an absolute path starting with /km1s- or /km1s/')
+      .refine((p) => !p.split('/').includes('..'), 'must not contain ..')
+      .optional(),
+  })
+  .superRefine((spec, ctx) => {
+    const seen = new Set<string>()
+    for (const [i, path] of spec.systemPaths.entries()) {
+      if (
+        path === '/' ||
+        RESERVED_DESTINATIONS.has(path) ||
+        [...RESERVED_DESTINATIONS].some((r) => path.startsWith(`${r}/`))
+      )
+        ctx.addIssue({
+          code: 'custom',
+          path: ['systemPaths', i],
+          message: `${path} is mounted by km1s itself`,
+        })
+      if (seen.has(path))
+        ctx.addIssue({ code: 'custom', path: ['systemPaths', i], message: `${path} is listed twice` })
+      seen.add(path)
+    }
+  })
+
+export type ContainerProcessSpec = z.input<typeof containerProcessSpecSchema>
+type ValidSpec = z.output<typeof containerProcessSpecSchema>
+
+/** Checks a spec at the boundary; the error names the first bad field in one sentence. */
+export function parseContainerProcessSpec(spec: unknown): ValidSpec {
+  const result = containerProcessSpecSchema.safeParse(spec)
+  if (result.success) return result.data
+  const issue = result.error.issues[0]
+  const field = issue === undefined || issue.path.length === 0 ? 'spec' : issue.path.join('.')
+  throw new Km1sError(
+    'ERR_INVALID_PROCESS_SPEC',
+    `Invalid container process spec: ${field}: ${lowerFirst(issue?.message ?? 'is invalid')}.`,
+  )
+}
+
+function lowerFirst(text: string): string {
+  return text.charAt(0).toLowerCase() + text.slice(1)
+}
+
+export interface OciMount {
+  destination: string
+  type: string
+  source: string
+  options: string[]
+}
+
+export interface OciNamespace {
+  type: 'pid' | 'mount' | 'network' | 'uts' | 'ipc'
+  path?: string
+}
+
+export interface OciConfig {
+  ociVersion: string
+  process: {
+    terminal: false
+    user: { uid: number; gid: number; additionalGids: number[] }
+    args: string[]
+    env: string[]
+    cwd: string
+    capabilities: Record<'bounding' | 'effective' | 'permitted' | 'inheritable' | 'ambient', string[]>
+    rlimits: Array<{ type: string; hard: number; soft: number }>
+    noNewPrivileges: true
+  }
+  root: { path: string; readonly: true }
+  hostname?: string
+  mounts: OciMount[]
+  linux: {
+    namespaces: OciNamespace[]
+    cgroupsPath: string
+    resources: {
+      devices: Array<{ allow: boolean; access: string }>
+      memory: { limit: number }
+      cpu?: { quota: number; period: number }
+      pids: { limit: number }
+    }
+    maskedPaths: string[]
+    readonlyPaths: string[]
+  }
+}
+
+/** CFS quota for a share of CPUs: 1000 millicores is one CPU, a full period. */
+export function cpuQuota(millicores: number): { quota: number; period: number } {
+  return { quota: (millicores * CPU_PERIOD_US) / 1000, period: CPU_PERIOD_US }
+}
+
+// nosuid: setuid binaries of the host (su, passwd) must not work inside, even where no_new_privs would not hold.
+const READ_ONLY_BIND = ['bind', 'ro', 'nosuid', 'nodev']
+
+function bindReadOnly(source: string, destination: string): OciMount {
+  return { destination, type: 'bind', source, options: [...READ_ONLY_BIND] }
+}
+
+/** The OCI config.json for one process; throws ERR_INVALID_PROCESS_SPEC naming the bad field. */
+export function ociConfig(input: ContainerProcessSpec): OciConfig {
+  const spec = parseContainerProcessSpec(input)
+  const env = Object.entries(spec.env).map(([k, v]) => `${k}=${v}`)
+  if (!('PATH' in spec.env)) env.unshift(`PATH=${DEFAULT_PATH_ENV}`)
+  const caps = [...new Set(spec.capabilities)].sort()
+  const mounts: OciMount[] = [
+    { destination: '/proc', type: 'proc', source: 'proc', options: ['nosuid', 'noexec', 'nodev'] },
+    {
+      destination: '/dev',
+      type: 'tmpfs',
+      source: 'tmpfs',
+      options: ['nosuid', 'strictatime', 'mode=755', 'size=65536k'],
+    },
+    {
+      destination: '/dev/pts',
+      type: 'devpts',
+      source: 'devpts',
+      options: ['nosuid', 'noexec', 'newinstance', 'ptmxmode=0666', 'mode=0620', 'gid=5'],
+    },
+    {
+      destination: '/dev/shm',
+      type: 'tmpfs',
+      source: 'shm',
+      options: ['nosuid', 'noexec', 'nodev', 'mode=1777', 'size=65536k'],
+    },
+    { destination: '/dev/mqueue', type: 'mqueue', source: 'mqueue', options: ['nosuid', 'noexec', 'nodev'] },
+    { destination: '/sys', type: 'sysfs', source: 'sysfs', options: ['nosuid', 'noexec', 'nodev', 'ro'] },
+    ...spec.systemPaths.map((path) => bindReadOnly(path, path)),
+    ...(spec.artifactDir === undefined ? [] : [bindReadOnly(spec.artifactDir, '/app')]),
+    {
+      destination: '/tmp',
+      type: 'tmpfs',
+      source: 'tmpfs',
+      options: ['nosuid', 'nodev', 'mode=1777', `size=${spec.tmpBytes}`],
+    },
+    bindReadOnly(spec.files.hosts, '/etc/hosts'),
+    bindReadOnly(spec.files.hostname, '/etc/hostname'),
+    bindReadOnly(spec.files.resolvConf, '/etc/resolv.conf'),
+  ]
+  const joinable = (type: 'network' | 'uts' | 'ipc', source: string): OciNamespace =>
+    source === 'new' ? { type } : { type, path: source }
+  const config: OciConfig = {
+    ociVersion: OCI_VERSION,
+    process: {
+      terminal: false,
+      user: { uid: spec.user.uid, gid: spec.user.gid, additionalGids: [] },
+      args: [...spec.args],
+      env,
+      cwd: spec.cwd,
+      // Ambient too: without it a non-root user loses an allowed capability at execve.
+      capabilities: { bounding: caps, effective: caps, permitted: caps, inheritable: caps, ambient: caps },
+      rlimits: [{ type: 'RLIMIT_NOFILE', hard: spec.nofile, soft: spec.nofile }],
+      noNewPrivileges: true,
+    },
+    root: { path: spec.rootfs, readonly: true },
+    mounts,
+    linux: {
+      namespaces: [
+        { type: 'pid' },
+        { type: 'mount' },
+        joinable('network', spec.namespaces.network),
+        joinable('uts', spec.namespaces.uts),
+        joinable('ipc', spec.namespaces.ipc),
+      ],
+      cgroupsPath: spec.cgroupsPath ?? `/km1s/${spec.container}/${spec.process}`,
+      resources: {
+        // Deny every device; the runtime re-allows the standard ones it creates (null, zero, urandom, …).
+        devices: [{ allow: false, access: 'rwm' }],
+        memory: { limit: spec.limits.memoryBytes },
+        ...(spec.limits.cpuMillicores === undefined ? {} : { cpu: cpuQuota(spec.limits.cpuMillicores) }),
+        pids: { limit: spec.limits.pids },
+      },
+      maskedPaths: [...MASKED_PATHS],
+      readonlyPaths: [...READONLY_PATHS],
+    },
+  }
+  // A runtime refuses to set a hostname in a UTS namespace it did not create.
+  if (spec.namespaces.uts === 'new') config.hostname = spec.hostname
+  return config
+}
+
+const hostsEntrySchema = z.object({
+  ip: z.union([z.ipv4(), z.ipv6()]),
+  names: z.array(z.string().regex(/^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$/, 'must be a host name')).min(1),
+})
+export type HostsEntry = z.input<typeof hostsEntrySchema>
+
+/** /etc/hosts: loopback for the container's own hostname, then the given entries. */
+export function renderHosts(hostname: string, entries: readonly HostsEntry[] = []): string {
+  if (!NAME_PATTERN.test(hostname))
+    throw new Km1sError(
+      'ERR_INVALID_PROCESS_SPEC',
+      `Invalid hostname ${JSON.stringify(hostname)}: use ${NAME_RULE}.`,
+    )
+  const lines = [
+    '127.0.0.1\tlocalhost',
+    '::1\tlocalhost ip6-localhost ip6-loopback',
+    `127.0.1.1\t${hostname}`,
+  ]
+  for (const entry of entries) {
+    const parsed = hostsEntrySchema.safeParse(entry)
+    if (!parsed.success)
+      throw new Km1sError(
+        'ERR_INVALID_PROCESS_SPEC',
+        `Invalid /etc/hosts entry ${JSON.stringify(entry)}: it needs an IP address and host names.`,
+      )
+    lines.push(`${parsed.data.ip}\t${parsed.data.names.join(' ')}`)
+  }
+  return `${lines.join('\n')}\n`
+}
+
+export function renderHostname(hostname: string): string {
+  if (!NAME_PATTERN.test(hostname))
+    throw new Km1sError(
+      'ERR_INVALID_PROCESS_SPEC',
+      `Invalid hostname ${JSON.stringify(hostname)}: use ${NAME_RULE}.`,
+    )
+  return `${hostname}\n`
+}
+
+const resolvSchema = z.object({
+  nameservers: z
+    .array(z.union([z.ipv4(), z.ipv6()]))
+    .min(1)
+    .max(3),
+  search: z
+    .array(z.string().regex(/^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$/))
+    .max(6)
+    .default([]),
+  options: z.array(z.string().regex(/^[a-z0-9-]+(:[0-9]+)?$/)).default([]),
+})
+export type ResolvConf = z.input<typeof resolvSchema>
+
+/** resolv.conf; km1s containers get `search km1s.internal` and the node's DNS (DESIGN.md, DNS). */
+export function renderResolvConf(conf: ResolvConf): string {
+  const parsed = resolvSchema.safeParse(conf)
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]
+    throw new Km1sError(
+      'ERR_INVALID_PROCESS_SPEC',
+      `Invalid resolv.conf: ${issue?.path.join('.') || 'input'} ${issue?.message ?? 'is invalid'}.`,
+    )
+  }
+  const { nameservers, search, options } = parsed.data
+  const lines = nameservers.map((ns) => `nameserver ${ns}`)
+  if (search.length > 0) lines.push(`search ${search.join(' ')}`)
+  if (options.length > 0) lines.push(`options ${options.join(' ')}`)
+  return `${lines.join('\n')}\n`
+}
