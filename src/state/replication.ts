@@ -111,9 +111,8 @@ export class Replication {
   }
 
   readonly #onConnect = (evt: CustomEvent<PeerId>): void => {
-    // Give the new connection a moment to settle (identify, protocol lists) before the first session.
-    const t = setTimeout(() => void this.syncWith(evt.detail), 100)
-    t.unref()
+    // At once: a newcomer's node record arrives this way, and `km1s nodes` waits for it.
+    void this.syncWith(evt.detail)
   }
 
   /** Gossip: one record per message; valid and newer → applied and forwarded, else not forwarded. */
