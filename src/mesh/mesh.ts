@@ -87,6 +87,9 @@ function createLibp2pNode(init: MeshInit) {
         protocol: '/km1s/lan/kad/1.0.0',
         clientMode: false,
         peerInfoMapper: removePublicAddressesMapper,
+        // Not every second while starting: on a LAN every peer connects directly anyway, and when many
+        // nodes start together those queries compete with the handshakes for the CPU.
+        initialQuerySelfInterval: 10_000,
       }),
       // Unsigned: records carry their own signatures (state/) and heartbeats are bound to the connection
       // they arrive on (membership/), so gossipsub's per-message Ed25519 work would buy nothing.
