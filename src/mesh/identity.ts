@@ -9,9 +9,12 @@ import { Km1sError } from '../common/errors.ts'
 
 export const CLUSTER_SECRET_BYTES = 32
 
-/** Writes a file atomically (temp file + rename) so a power cut never leaves half a key. */
+/**
+ * Writes a file atomically (temp file + rename) so a power cut never leaves half a key. The directory is
+ * 0711: others may pass through to the API socket (0660, group km1s) but not list it; keys stay 0600.
+ */
 export async function writeFileAtomic(path: string, data: string | Uint8Array, mode = 0o600): Promise<void> {
-  await mkdir(dirname(path), { recursive: true, mode: 0o700 })
+  await mkdir(dirname(path), { recursive: true, mode: 0o711 })
   const tmp = `${path}.tmp-${process.pid}`
   await writeFile(tmp, data, { mode })
   await rename(tmp, path)
