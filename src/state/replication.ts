@@ -4,7 +4,7 @@
 import type { GossipSub, Message } from '@libp2p/gossipsub'
 import { TopicValidatorResult } from '@libp2p/gossipsub'
 import type { Libp2p, PeerId, Stream } from '@libp2p/interface'
-import { lpStream } from '@libp2p/utils'
+import { type LengthPrefixedStream, lpStream } from '@libp2p/utils'
 import { errorMessage } from '../common/errors.ts'
 import type { Logger } from '../common/logger.ts'
 import { decodeDigest, diffDigests, recordsInBuckets } from './digest.ts'
@@ -142,7 +142,7 @@ export class Replication {
       stream = await this.#init.libp2p.dialProtocol(peer, SYNC_PROTOCOL, { signal })
       const lp = lpStream(stream, { maxDataLength: MAX_FRAME_BYTES })
       const send = (f: Frame) => lp.write(encodeFrame(f), { signal })
-      const read = async (): Promise<Frame> => this.#readFrame(await lp.read({ signal }), key)
+      const read = () => this.#readFrame(lp, signal, key)
       await send({ t: 'digest', d: Buffer.from(this.#init.store.digest()).toString('base64') })
       const diff = await read()
       if (diff.t !== 'diff') throw this.#garbage(key, 'expected a diff frame')
@@ -169,7 +169,7 @@ export class Replication {
     try {
       const lp = lpStream(stream, { maxDataLength: MAX_FRAME_BYTES })
       const send = (f: Frame) => lp.write(encodeFrame(f), { signal })
-      const read = async (): Promise<Frame> => this.#readFrame(await lp.read({ signal }), key)
+      const read = () => this.#readFrame(lp, signal, key)
       const first = await read()
       if (first.t !== 'digest') throw this.#garbage(key, 'expected a digest frame')
       const theirs = decodeDigest(new Uint8Array(Buffer.from(first.d, 'base64')))
@@ -186,8 +186,17 @@ export class Replication {
     }
   }
 
-  #readFrame(bytes: { subarray(): Uint8Array }, from: string): Frame {
-    const frame = decodeFrame(bytes.subarray())
+  /** The next frame; bytes that are not one, or a length prefix past the limit, are garbage. */
+  async #readFrame(lp: LengthPrefixedStream, signal: AbortSignal, from: string): Promise<Frame> {
+    let bytes: Uint8Array
+    try {
+      bytes = (await lp.read({ signal })).subarray()
+    } catch (err) {
+      if (/^Invalid(Data|Message)Length/.test((err as Error).name))
+        throw this.#garbage(from, 'a frame longer than allowed')
+      throw err
+    }
+    const frame = decodeFrame(bytes)
     if (!frame) throw this.#garbage(from, 'bytes that are not a sync frame')
     return frame
   }
