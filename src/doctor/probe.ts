@@ -3,6 +3,7 @@ import { existsSync } from 'node:fs'
 import { readdir, readFile, stat, statfs } from 'node:fs/promises'
 import { homedir } from 'node:os'
 import { dirname, join } from 'node:path'
+import { processAlive } from '../common/process.ts'
 import { detectCgroupLayout, parseProcCgroups } from './cgroup.ts'
 import { findExecutable, firstErrorLine, runCommand } from './exec.ts'
 import { detectHostFlavour } from './host.ts'
@@ -55,15 +56,6 @@ export function staleDoctorNamespaces(
     const pid = Number(match[1])
     return pid === ownPid || !isAlive(pid)
   })
-}
-
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM'
-  }
 }
 
 export interface NetworkProbes {

@@ -6,6 +6,7 @@ import { closeSync, openSync } from 'node:fs'
 import { mkdtemp, readdir, readFile, rm, rmdir, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { processAlive } from '../common/process.ts'
 import { detectCgroupLayout } from '../doctor/cgroup.ts'
 import { findExecutable } from '../doctor/exec.ts'
 import type { CgroupLayout } from '../doctor/types.ts'
@@ -266,15 +267,6 @@ async function removeContainer(candidate: Candidate, id: string, timeoutMs: numb
 export function isStaleProbe(name: string, isAlive: (pid: number) => boolean = processAlive): boolean {
   const match = /^km1s-probe-(\d+)-\d+$/.exec(name)
   return match !== null && Number(match[1]) !== process.pid && !isAlive(Number(match[1]))
-}
-
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM'
-  }
 }
 
 /**
