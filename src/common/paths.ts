@@ -17,7 +17,6 @@ export interface DataPaths {
   dir: string
   identity: string
   clusterKey: string
-  clusterMeta: string
   database: string
   pidFile: string
 }
@@ -27,7 +26,6 @@ export function dataPaths(dir: string): DataPaths {
     dir,
     identity: join(dir, 'identity.key'),
     clusterKey: join(dir, 'cluster.key'),
-    clusterMeta: join(dir, 'cluster.json'),
     database: join(dir, 'db'),
     pidFile: join(dir, 'agent.pid'),
   }
