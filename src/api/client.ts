@@ -1,6 +1,7 @@
 // The typed client of the control API; the CLI, the tests and the benchmarks talk to agents only through it.
-import { request } from 'node:http'
+import type { IncomingMessage } from 'node:http'
 import { Km1sError } from '../common/errors.ts'
+import { http } from '../common/http.ts'
 import {
   ApiError,
   type RequestOf,
@@ -54,8 +55,8 @@ export class ApiClient {
   ): AsyncGenerator<StreamItemOf<S>> {
     const route = streams[name]
     const query = new URLSearchParams(body as Record<string, string>).toString()
-    const res = await new Promise<import('node:http').IncomingMessage>((resolve, reject) => {
-      const req = request(
+    const res = await new Promise<IncomingMessage>((resolve, reject) => {
+      const req = http.request(
         { socketPath: this.socket, path: `${route.path}?${query}`, method: route.method, signal },
         resolve,
       )
@@ -117,7 +118,7 @@ export class ApiClient {
     const path = query ? `${route.path}?${query}` : route.path
     const payload = route.method === 'GET' ? undefined : JSON.stringify(body)
     const { status, text } = await new Promise<{ status: number; text: string }>((resolve, reject) => {
-      const req = request(
+      const req = http.request(
         {
           socketPath: this.socket,
           path,

@@ -1,8 +1,9 @@
 // The control API server: HTTP over a Unix socket (mode 0660, group km1s when it exists), a handler
 // table keyed by route, every request validated against its schema, errors as { error: { code, message } }.
 import { chmod, chown, unlink } from 'node:fs/promises'
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import type { IncomingMessage, Server, ServerResponse } from 'node:http'
 import { errorMessage, isKm1sError, Km1sError } from '../common/errors.ts'
+import { http } from '../common/http.ts'
 import type { Logger } from '../common/logger.ts'
 import {
   type RequestOf,
@@ -108,7 +109,7 @@ export class ApiServer {
         },
       })
     }
-    this.#server = createServer((req, res) => {
+    this.#server = http.createServer((req, res) => {
       const url = new URL(req.url ?? '/', 'http://km1s')
       const entry = table.get(`${req.method} ${url.pathname}`)
       void (async () => {
