@@ -4,9 +4,9 @@ import { readFile, rm } from 'node:fs/promises'
 import { hostname } from 'node:os'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { Level } from 'level'
-import { z } from 'zod'
 import { Km1sError } from '../common/errors.ts'
 import { dataPaths } from '../common/paths.ts'
+import * as z from '../common/schema.ts'
 import { writeClusterSecret, writeFileAtomic } from '../mesh/identity.ts'
 import {
   decodeToken,
@@ -20,9 +20,11 @@ export const DEFAULT_TOKEN_FILE = '/boot/firmware/km1s-token'
 
 const NodeName = z
   .string()
-  .regex(
-    /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/,
-    'a node name is 1-63 lowercase letters, digits or dashes, like pi-a',
+  .check(
+    z.regex(
+      /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/,
+      'a node name is 1-63 lowercase letters, digits or dashes, like pi-a',
+    ),
   )
 const NodeFile = z.object({ name: NodeName })
 

@@ -1,11 +1,11 @@
 // The control API's wire types: one zod schema per request and response, shared by server and client.
-import { z } from 'zod'
+import * as z from '../common/schema.ts'
 import { LabelKey, LabelValue } from '../state/record.ts'
 
 export const ApiError = z.object({ error: z.object({ code: z.string(), message: z.string() }) })
 export type ApiError = z.infer<typeof ApiError>
 
-export const Empty = z.object({}).strict()
+export const Empty = z.strictObject({})
 
 export const Health = z.object({ ok: z.literal(true), name: z.string(), id: z.string(), pid: z.number() })
 export type Health = z.infer<typeof Health>
@@ -67,15 +67,15 @@ export const StatusView = z.object({
 export type StatusView = z.infer<typeof StatusView>
 
 /** A node as the user names it: its name, its peer id, or the tail of its peer id. */
-const NodeRef = z.string().min(1).max(128)
+const NodeRef = z.string().check(z.minLength(1), z.maxLength(128))
 export const LabelRequest = z.strictObject({
   node: NodeRef,
   set: z.record(LabelKey, LabelValue),
-  remove: z.array(LabelKey).max(64),
+  remove: z.array(LabelKey).check(z.maxLength(64)),
 })
 export const ForgetRequest = z.strictObject({ node: NodeRef })
 export const Forgotten = z.object({ id: z.string(), name: z.string() })
-export const WatchRequest = z.strictObject({ prefix: z.string().max(256) })
+export const WatchRequest = z.strictObject({ prefix: z.string().check(z.maxLength(256)) })
 export const WatchEvent = z.object({
   key: z.string(),
   hlc: z.string(),

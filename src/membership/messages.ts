@@ -1,15 +1,15 @@
 // The heartbeat, validated at the gossip boundary: tiny, because it is sent every second and never stored.
 // What a node is (name, arch, CPUs, …) lives in its signed `node/` record in state/. Its `id` must be the
 // peer that handed the message over (see Membership): a peer can only speak for itself.
-import { z } from 'zod'
+import * as z from '../common/schema.ts'
 
 export const HEARTBEAT_TOPIC = 'km1s/heartbeat/1'
 export const MAX_HEARTBEAT_BYTES = 256
 
 export const Heartbeat = z.strictObject({
   v: z.literal(1),
-  id: z.string().min(1).max(128),
-  seq: z.number().int().min(0),
+  id: z.string().check(z.minLength(1), z.maxLength(128)),
+  seq: z.number().check(z.int(), z.minimum(0)),
 })
 export type Heartbeat = z.infer<typeof Heartbeat>
 

@@ -2,10 +2,10 @@
 // so a restarted node (or one whose peers restarted) reconnects without waiting for mDNS.
 // Written only when a peer's addresses change: an SD card must not see a write per connection.
 import type { AbstractSublevel } from 'abstract-level'
-import { z } from 'zod'
+import * as z from '../common/schema.ts'
 
 export const PeerBookEntry = z.object({
-  addrs: z.array(z.string().max(300)).max(32),
+  addrs: z.array(z.string().check(z.maxLength(300))).check(z.maxLength(32)),
   firstSeen: z.number(),
 })
 export type PeerBookEntry = z.infer<typeof PeerBookEntry>

@@ -1,8 +1,8 @@
 // Pure: the OCI runtime-spec config.json for one process of a km1s container, and the small files it binds.
 // No I/O here: the caller decides which host paths exist and writes the rendered files (docs/runtime.md).
 import { isAbsolute, normalize } from 'node:path'
-import { z } from 'zod'
 import { Km1sError } from '../common/errors.ts'
+import * as z from '../common/schema.ts'
 
 export const OCI_VERSION = '1.0.2'
 /** The unprivileged default user (nobody/nogroup on Debian). */
@@ -80,87 +80,99 @@ function canonicalPath(path: string): string {
   return normal.length > 1 ? normal.replace(/\/+$/, '') : normal
 }
 
-const absolutePath = z
-  .string()
-  .refine((p) => isAbsolute(p) && !p.includes('\0'), 'must be an absolute path')
-  .transform(canonicalPath)
+const absolutePath = z.pipe(
+  z.string().check(z.refine((p) => isAbsolute(p) && !p.includes('\0'), 'must be an absolute path')),
+  z.transform(canonicalPath),
+)
 
-const namespaceSource = z
-  .string()
-  .refine((p) => p === 'new' || (isAbsolute(p) && !p.includes('\0')), "must be an absolute path or 'new'")
-  .transform((p) => (p === 'new' ? p : canonicalPath(p)))
+const namespaceSource = z.pipe(
+  z
+    .string()
+    .check(
+      z.refine(
+        (p) => p === 'new' || (isAbsolute(p) && !p.includes('\0')),
+        "must be an absolute path or 'new'",
+      ),
+    ),
+  z.transform((p: string) => (p === 'new' ? p : canonicalPath(p))),
+)
 
 const envName = /^[A-Za-z_][A-Za-z0-9_]*$/
 
 export const containerProcessSpecSchema = z
   .object({
-    container: z.string().regex(NAME_PATTERN, `must be ${NAME_RULE}`),
-    process: z.string().regex(NAME_PATTERN, `must be ${NAME_RULE}`),
+    container: z.string().check(z.regex(NAME_PATTERN, `must be ${NAME_RULE}`)),
+    process: z.string().check(z.regex(NAME_PATTERN, `must be ${NAME_RULE}`)),
     args: z
-      .array(z.string().refine((a) => !a.includes('\0'), 'must not contain a NUL byte'))
-      .min(1, 'must name the program to run'),
-    env: z
-      .record(
-        z.string().regex(envName, 'names must be letters, digits and underscores'),
-        z.string().refine((v) => !v.includes('\0'), 'must not contain a NUL byte'),
-      )
-      .default({}),
-    cwd: absolutePath.default('/'),
-    user: z
-      .object({
-        uid: z.number().int().min(0).max(0xfffffffe).default(DEFAULT_UID),
-        gid: z.number().int().min(0).max(0xfffffffe).default(DEFAULT_GID),
-      })
-      .default({ uid: DEFAULT_UID, gid: DEFAULT_GID }),
-    capabilities: z.array(z.enum(ALLOWED_CAPABILITIES)).default([]),
-    nofile: z.number().int().min(64).max(1_048_576).default(DEFAULT_NOFILE),
+      .array(z.string().check(z.refine((a) => !a.includes('\0'), 'must not contain a NUL byte')))
+      .check(z.minLength(1, 'must name the program to run')),
+    env: z._default(
+      z.record(
+        z.string().check(z.regex(envName, 'names must be letters, digits and underscores')),
+        z.string().check(z.refine((v) => !v.includes('\0'), 'must not contain a NUL byte')),
+      ),
+      {},
+    ),
+    cwd: z._default(absolutePath, '/'),
+    user: z._default(
+      z.object({
+        uid: z._default(z.number().check(z.int(), z.minimum(0), z.maximum(0xfffffffe)), DEFAULT_UID),
+        gid: z._default(z.number().check(z.int(), z.minimum(0), z.maximum(0xfffffffe)), DEFAULT_GID),
+      }),
+      { uid: DEFAULT_UID, gid: DEFAULT_GID },
+    ),
+    capabilities: z._default(z.array(z.enum(ALLOWED_CAPABILITIES)), []),
+    nofile: z._default(z.number().check(z.int(), z.minimum(64), z.maximum(1_048_576)), DEFAULT_NOFILE),
     limits: z.object({
-      memoryBytes: z.number().int().min(MIN_MEMORY_BYTES, 'must be at least 4 MiB (4194304 bytes)'),
+      memoryBytes: z
+        .number()
+        .check(z.int(), z.minimum(MIN_MEMORY_BYTES, 'must be at least 4 MiB (4194304 bytes)')),
       /** Absent: no CPU quota. */
-      cpuMillicores: z.number().int().min(MIN_CPU_MILLICORES, 'must be at least 10 millicores').optional(),
-      pids: z.number().int().min(1, 'must be at least 1'),
+      cpuMillicores: z.optional(
+        z.number().check(z.int(), z.minimum(MIN_CPU_MILLICORES, 'must be at least 10 millicores')),
+      ),
+      pids: z.number().check(z.int(), z.minimum(1, 'must be at least 1')),
     }),
     /** The empty directory (or any directory) used as the read-only root. */
     rootfs: absolutePath,
     /** The container's hostname: set only when the UTS namespace is new (a joined one keeps its own). */
-    hostname: z.string().regex(NAME_PATTERN, `must be ${NAME_RULE}`),
-    systemPaths: z.array(absolutePath).default([...DEFAULT_SYSTEM_PATHS]),
+    hostname: z.string().check(z.regex(NAME_PATTERN, `must be ${NAME_RULE}`)),
+    systemPaths: z._default(z.array(absolutePath), [...DEFAULT_SYSTEM_PATHS]),
     /** The artifact directory, bound read-only at /app. */
-    artifactDir: absolutePath.optional(),
-    tmpBytes: z
-      .number()
-      .int()
-      .min(1024 * 1024)
-      .default(DEFAULT_TMP_BYTES),
+    artifactDir: z.optional(absolutePath),
+    tmpBytes: z._default(z.number().check(z.int(), z.minimum(1024 * 1024)), DEFAULT_TMP_BYTES),
     /** Host files rendered by renderHosts / renderHostname / renderResolvConf. */
     files: z.object({ hosts: absolutePath, hostname: absolutePath, resolvConf: absolutePath }),
     /** Network, UTS and IPC: a path to join (/run/netns/km1s-…, /proc/<pause>/ns/uts) or 'new'. */
     namespaces: z.object({ network: namespaceSource, uts: namespaceSource, ipc: namespaceSource }),
     /** Defaults to /km1s/<container>/<process>; an override must stay under a km1s name. */
-    cgroupsPath: z
-      .string()
-      .regex(/^\/km1s[-/][A-Za-z0-9_./-]*$/, 'must be an absolute path starting with /km1s- or /km1s/')
-      .refine((p) => !p.split('/').includes('..'), 'must not contain ..')
-      .optional(),
+    cgroupsPath: z.optional(
+      z.string().check(
+        z.regex(/^\/km1s[-/][A-Za-z0-9_./-]*$/, 'must be an absolute path starting with /km1s- or /km1s/'),
+        z.refine((p) => !p.split('/').includes('..'), 'must not contain ..'),
+      ),
+    ),
   })
-  .superRefine((spec, ctx) => {
-    const seen = new Set<string>()
-    for (const [i, path] of spec.systemPaths.entries()) {
-      if (
-        path === '/' ||
-        RESERVED_DESTINATIONS.has(path) ||
-        [...RESERVED_DESTINATIONS].some((r) => path.startsWith(`${r}/`))
-      )
-        ctx.addIssue({
-          code: 'custom',
-          path: ['systemPaths', i],
-          message: `${path} is mounted by km1s itself`,
-        })
-      if (seen.has(path))
-        ctx.addIssue({ code: 'custom', path: ['systemPaths', i], message: `${path} is listed twice` })
-      seen.add(path)
-    }
-  })
+  .check(
+    z.superRefine((spec, ctx) => {
+      const seen = new Set<string>()
+      for (const [i, path] of spec.systemPaths.entries()) {
+        if (
+          path === '/' ||
+          RESERVED_DESTINATIONS.has(path) ||
+          [...RESERVED_DESTINATIONS].some((r) => path.startsWith(`${r}/`))
+        )
+          ctx.addIssue({
+            code: 'custom',
+            path: ['systemPaths', i],
+            message: `${path} is mounted by km1s itself`,
+          })
+        if (seen.has(path))
+          ctx.addIssue({ code: 'custom', path: ['systemPaths', i], message: `${path} is listed twice` })
+        seen.add(path)
+      }
+    }),
+  )
 
 export type ContainerProcessSpec = z.input<typeof containerProcessSpecSchema>
 type ValidSpec = z.output<typeof containerProcessSpecSchema>
@@ -318,7 +330,9 @@ export function ociConfig(input: ContainerProcessSpec): OciConfig {
 
 const hostsEntrySchema = z.object({
   ip: z.union([z.ipv4(), z.ipv6()]),
-  names: z.array(z.string().regex(/^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$/, 'must be a host name')).min(1),
+  names: z
+    .array(z.string().check(z.regex(/^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$/, 'must be a host name')))
+    .check(z.minLength(1)),
 })
 export type HostsEntry = z.input<typeof hostsEntrySchema>
 
@@ -356,15 +370,12 @@ export function renderHostname(hostname: string): string {
 }
 
 const resolvSchema = z.object({
-  nameservers: z
-    .array(z.union([z.ipv4(), z.ipv6()]))
-    .min(1)
-    .max(3),
-  search: z
-    .array(z.string().regex(/^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$/))
-    .max(6)
-    .default([]),
-  options: z.array(z.string().regex(/^[a-z0-9-]+(:[0-9]+)?$/)).default([]),
+  nameservers: z.array(z.union([z.ipv4(), z.ipv6()])).check(z.minLength(1), z.maxLength(3)),
+  search: z._default(
+    z.array(z.string().check(z.regex(/^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$/))).check(z.maxLength(6)),
+    [],
+  ),
+  options: z._default(z.array(z.string().check(z.regex(/^[a-z0-9-]+(:[0-9]+)?$/))), []),
 })
 export type ResolvConf = z.input<typeof resolvSchema>
 

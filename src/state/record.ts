@@ -2,8 +2,8 @@
 // passes before it may be merged. A record that fails any check is dropped and counted, never merged.
 import type { PrivateKey } from '@libp2p/interface'
 import { peerIdFromPrivateKey, peerIdFromString } from '@libp2p/peer-id'
-import { z } from 'zod'
 import { Km1sError } from '../common/errors.ts'
+import * as z from '../common/schema.ts'
 import { decodeHlc, encodeHlc, type Hlc, isValidHlc, MAX_DRIFT_MS } from './hlc.ts'
 import { type KeyKind, MAX_KEY_BYTES, mayWrite, parseKey } from './keys.ts'
 
@@ -43,35 +43,39 @@ export type Verdict = { ok: true } | { ok: false; reason: DropReason }
 // until then any JSON object passes, bounded by MAX_RECORD_BYTES and MAX_VALUE_DEPTH.
 export const LabelKey = z
   .string()
-  .regex(
-    /^([a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?\/)?[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$/,
-    'a label key is letters, digits, dashes, dots and underscores, optionally after a DNS prefix and a slash',
+  .check(
+    z.regex(
+      /^([a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?\/)?[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$/,
+      'a label key is letters, digits, dashes, dots and underscores, optionally after a DNS prefix and a slash',
+    ),
   )
 export const LabelValue = z
   .string()
-  .regex(
-    /^([A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)?$/,
-    'a label value is at most 63 letters, digits, dashes, dots and underscores',
+  .check(
+    z.regex(
+      /^([A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)?$/,
+      'a label value is at most 63 letters, digits, dashes, dots and underscores',
+    ),
   )
 const AnyObject = z.record(z.string(), z.unknown())
 /** A node's own record: what `km1s nodes` shows besides liveness (membership/ writes it). */
 export const NodeValue = z.strictObject({
-  name: z.string().regex(/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/),
-  arch: z.string().min(1).max(16),
-  cpus: z.number().int().min(1).max(4096),
-  memory: z.number().int().min(0),
-  version: z.string().min(1).max(32),
-  addresses: z.array(z.string().max(200)).max(16),
-  startedAt: z.number().int().min(0),
+  name: z.string().check(z.regex(/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/)),
+  arch: z.string().check(z.minLength(1), z.maxLength(16)),
+  cpus: z.number().check(z.int(), z.minimum(1), z.maximum(4096)),
+  memory: z.number().check(z.int(), z.minimum(0)),
+  version: z.string().check(z.minLength(1), z.maxLength(32)),
+  addresses: z.array(z.string().check(z.maxLength(200))).check(z.maxLength(16)),
+  startedAt: z.number().check(z.int(), z.minimum(0)),
   /** The node's WireGuard public key, once the network subsystem has one. */
-  wgPublicKey: z.string().max(64).nullable(),
+  wgPublicKey: z.nullable(z.string().check(z.maxLength(64))),
 })
 export type NodeValue = z.infer<typeof NodeValue>
 
-export const VALUE_SCHEMAS: { readonly [K in KeyKind]: z.ZodType } = {
+export const VALUE_SCHEMAS: { readonly [K in KeyKind]: z.ZodMiniType } = {
   node: NodeValue,
   status: AnyObject,
-  label: z.record(LabelKey, LabelValue).refine((labels) => Object.keys(labels).length <= 64),
+  label: z.record(LabelKey, LabelValue).check(z.refine((labels) => Object.keys(labels).length <= 64)),
   workload: AnyObject,
   service: AnyObject,
   tag: AnyObject,
@@ -150,11 +154,11 @@ export async function verifyRecord(r: SignedRecord): Promise<boolean> {
 // The wire form: JSON, the clock in its sortable string form, the signature in base64url.
 export const WireRecord = z.strictObject({
   v: z.literal(1),
-  key: z.string().min(1),
+  key: z.string().check(z.minLength(1)),
   value: z.unknown(),
-  hlc: z.string().regex(/^[0-9a-f]{12}\.[0-9a-f]{6}$/),
-  author: z.string().regex(/^12D3KooW[1-9A-HJ-NP-Za-km-z]{44}$/),
-  sig: z.string().regex(/^[A-Za-z0-9_-]{86}$/),
+  hlc: z.string().check(z.regex(/^[0-9a-f]{12}\.[0-9a-f]{6}$/)),
+  author: z.string().check(z.regex(/^12D3KooW[1-9A-HJ-NP-Za-km-z]{44}$/)),
+  sig: z.string().check(z.regex(/^[A-Za-z0-9_-]{86}$/)),
   deleted: z.boolean(),
 })
 export type WireRecord = z.infer<typeof WireRecord>

@@ -4,7 +4,7 @@
 //   responder → initiator  records*, end     (the responder's records in those buckets)
 //   initiator → responder  records*, end     (the initiator's records in those buckets)
 // Each side merges what it receives, so one session leaves both with the union of those buckets.
-import { z } from 'zod'
+import * as z from '../common/schema.ts'
 import { BUCKETS, DIGEST_BYTES } from './digest.ts'
 import { MAX_RECORD_BYTES } from './record.ts'
 
@@ -18,17 +18,12 @@ export const RECORDS_FRAME_TARGET_BYTES = MAX_FRAME_BYTES / 2
 export const DigestFrame = z.strictObject({ t: z.literal('digest'), d: z.base64() })
 export const DiffFrame = z.strictObject({
   t: z.literal('diff'),
-  b: z
-    .array(
-      z
-        .number()
-        .int()
-        .min(0)
-        .max(BUCKETS - 1),
-    )
-    .max(BUCKETS),
+  b: z.array(z.number().check(z.int(), z.minimum(0), z.maximum(BUCKETS - 1))).check(z.maxLength(BUCKETS)),
 })
-export const RecordsFrame = z.strictObject({ t: z.literal('records'), r: z.array(z.unknown()).max(10_000) })
+export const RecordsFrame = z.strictObject({
+  t: z.literal('records'),
+  r: z.array(z.unknown()).check(z.maxLength(10_000)),
+})
 export const EndFrame = z.strictObject({ t: z.literal('end') })
 export const Frame = z.discriminatedUnion('t', [DigestFrame, DiffFrame, RecordsFrame, EndFrame])
 export type Frame = z.infer<typeof Frame>
