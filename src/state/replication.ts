@@ -88,6 +88,8 @@ export class Replication {
       for (const peer of libp2p.getPeers()) void this.syncWith(peer)
     }, this.#init.syncIntervalMs ?? 30_000)
     this.#timer.unref()
+    // Connections made while the mesh started, before this listened for them.
+    for (const peer of libp2p.getPeers()) void this.syncWith(peer)
   }
 
   async stop(): Promise<void> {
@@ -128,8 +130,11 @@ export class Replication {
     return result === 'stale' ? TopicValidatorResult.Ignore : TopicValidatorResult.Reject
   }
 
-  /** One anti-entropy session with `peer`, as the initiator. Never throws. */
-  async syncWith(peer: PeerId): Promise<void> {
+  /**
+   * One anti-entropy session with `peer`, as the initiator. Never throws. A failed session is retried
+   * soon (the peer may not have registered the protocol yet while it starts), then left to the 30 s round.
+   */
+  async syncWith(peer: PeerId, attempt = 0): Promise<void> {
     const key = peer.toString()
     if (this.#inFlight.has(key) || !this.#started) return
     this.#inFlight.add(key)
@@ -153,8 +158,19 @@ export class Replication {
     } catch (err) {
       this.#stats.syncFailures++
       stream?.abort(err instanceof Error ? err : new Error(String(err)))
-      if (!this.#controller.signal.aborted)
-        this.#log.debug({ peer: key, err: errorMessage(err) }, 'sync session failed')
+      if (!this.#controller.signal.aborted) {
+        this.#log.debug({ peer: key, err: errorMessage(err), attempt }, 'sync session failed')
+        if (attempt < 3) {
+          const retry = setTimeout(
+            () => {
+              if (this.#init.libp2p.getPeers().some((p) => p.equals(peer)))
+                void this.syncWith(peer, attempt + 1)
+            },
+            500 * 3 ** attempt,
+          )
+          retry.unref()
+        }
+      }
     } finally {
       this.#inFlight.delete(key)
     }
