@@ -121,9 +121,15 @@ export async function waitForAlive(nodes: LabNode[], expected: LabNode[], timeou
         `${node.name} to list ${want.join(',')} as alive`,
         async () => {
           const got = await aliveNames(node)
-          if (got.join(',') !== want.join(','))
-            throw new Error(`${node.name} lists ${got.join(',')} as alive`)
-          return true
+          if (got.join(',') === want.join(',')) return true
+          // Enough to tell a missing node record from a missing heartbeat or connection when CI fails.
+          const view = (await client(node).nodes())
+            .map((v) => `${v.name}:${v.state}:${v.lastHeard}`)
+            .join(' ')
+          const s = await client(node).status()
+          throw new Error(
+            `${node.name} lists ${got.join(',')} as alive (view ${view}; ${s.mesh.connectedPeers} peers, ${s.state.records} records, sync ${s.state.syncSessions} ok/${s.state.syncFailures} failed)`,
+          )
         },
         { timeoutMs, intervalMs: 100 },
       ),
