@@ -316,8 +316,9 @@ export class Mesh {
       const where = t.addr?.toString() ?? t.peer ?? ''
       // With mismatched keys the handshake fails fast or, as often, both sides wait for bytes that never
       // come until the dial times out: then a plain TCP connect tells "answered" from "unreachable".
-      const answered =
-        isHandshakeFailure(err) || ((err as Error).name === 'TimeoutError' && (await this.#answers(t)))
+      // Only for a --peer that never connected: a known member can time out when it is merely busy.
+      const probe = t.addr !== undefined && !t.connected && (err as Error).name === 'TimeoutError'
+      const answered = isHandshakeFailure(err) || (probe && (await this.#answers(t)))
       if (answered) {
         this.#handshakeFailures++
         if (this.#warnOnce(`handshake:${where}`)) {
