@@ -188,13 +188,7 @@ export class Store {
         try {
           await this.#init.records.put(key, toWire(record), SYNC_WRITE)
         } catch (err) {
-          throw new Km1sError(
-            'ERR_DISK',
-            `Cannot write the state database: ${errorMessage(err)}; free some disk space.`,
-            {
-              cause: err,
-            },
-          )
+          throw diskError(err)
         }
       })
       // A newer record of this key may have arrived while the disk was busy: it stays.
@@ -348,13 +342,17 @@ export class Store {
       // Put them back (unless newer ones arrived) so the next flush retries; a full disk loses nothing.
       for (const [key, r] of batch) if (!this.#pending.has(key)) this.#pending.set(key, r)
       if (!this.#stopped) this.#scheduleFlush()
-      throw new Km1sError(
-        'ERR_DISK',
-        `Cannot write the state database: ${errorMessage(err)}; free some disk space.`,
-        {
-          cause: err,
-        },
-      )
+      throw diskError(err)
     }
   }
+}
+
+function diskError(cause: unknown): Km1sError {
+  return new Km1sError(
+    'ERR_DISK',
+    `Cannot write the state database: ${errorMessage(cause)}; free some disk space.`,
+    {
+      cause,
+    },
+  )
 }
