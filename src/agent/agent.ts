@@ -15,6 +15,7 @@ import {
   consumeTokenFile,
   DEFAULT_TOKEN_FILE,
   defaultNodeName,
+  isDatabaseLocked,
   readNodeName,
   writeNodeName,
 } from './setup.ts'
@@ -199,8 +200,7 @@ async function openDatabase(path: string, pidFile: string, dataDir: string): Pro
   try {
     await db.open()
   } catch (err) {
-    const cause = (err as { cause?: { code?: string } }).cause
-    if (cause?.code === 'LEVEL_LOCKED') {
+    if (isDatabaseLocked(err)) {
       const pid = (await readFile(pidFile, 'utf8').catch(() => '')).trim()
       throw new Km1sError(
         'ERR_AGENT_RUNNING',
@@ -210,7 +210,7 @@ async function openDatabase(path: string, pidFile: string, dataDir: string): Pro
     }
     throw new Km1sError(
       'ERR_DATABASE',
-      `Cannot open the database in ${path}: ${errorMessage(cause ?? err)}.`,
+      `Cannot open the database in ${path}: ${errorMessage((err as { cause?: unknown }).cause ?? err)}.`,
       { cause: err },
     )
   }

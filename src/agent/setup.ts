@@ -115,6 +115,11 @@ export async function joinCluster(
   return finish(dir, secret, opts.name, false)
 }
 
+/** LevelDB refused to open because another process holds its lock (an agent). */
+export function isDatabaseLocked(err: unknown): boolean {
+  return (err as { cause?: { code?: string } }).cause?.code === 'LEVEL_LOCKED'
+}
+
 /**
  * A node moving to another cluster starts with an empty database: the old cluster's records and peers
  * must not spill into the new one. Refused while an agent holds the database.
@@ -124,8 +129,7 @@ async function forgetOldCluster(database: string): Promise<void> {
   try {
     await db.open({ createIfMissing: false })
   } catch (err) {
-    const code = (err as { cause?: { code?: string } }).cause?.code
-    if (code === 'LEVEL_LOCKED') {
+    if (isDatabaseLocked(err)) {
       throw new Km1sError(
         'ERR_AGENT_RUNNING',
         'A km1s agent is running on this data directory; stop it before moving the node to another cluster.',
