@@ -1,7 +1,7 @@
 // Replication of the store between nodes: every local write published on gossipsub, and an anti-entropy
 // session (sync-frames.ts) on every new connection and every 30 s, because gossip alone loses messages
 // across a split. Everything from the network passes Store.applyRemote; nothing here trusts a peer.
-import type { GossipSub, Message } from '@libp2p/gossipsub'
+import type { GossipSub, Message, SubscriptionChangeData } from '@libp2p/gossipsub'
 import { TopicValidatorResult } from '@libp2p/gossipsub'
 import type { Libp2p, PeerId, Stream } from '@libp2p/interface'
 import { type LengthPrefixedStream, lpStream } from '@libp2p/utils'
@@ -28,7 +28,10 @@ export interface ReplicationInit {
     Libp2p,
     'handle' | 'unhandle' | 'dialProtocol' | 'getPeers' | 'addEventListener' | 'removeEventListener'
   >
-  pubsub: Pick<GossipSub, 'subscribe' | 'unsubscribe' | 'publish' | 'topicValidators'>
+  pubsub: Pick<
+    GossipSub,
+    'subscribe' | 'unsubscribe' | 'publish' | 'topicValidators' | 'addEventListener' | 'removeEventListener'
+  >
   logger: Logger
   syncIntervalMs?: number
   sessionTimeoutMs?: number
@@ -50,6 +53,8 @@ export class Replication {
   readonly #init: ReplicationInit
   readonly #log: Logger
   readonly #inFlight = new Set<string>()
+  /** Peers to sync with once more when their session in flight ends: something changed meanwhile. */
+  readonly #again = new Set<string>()
   readonly #stats: ReplicationStats = {
     published: 0,
     syncSessions: 0,
@@ -84,6 +89,7 @@ export class Replication {
       maxInboundStreams: 4,
     })
     libp2p.addEventListener('peer:connect', this.#onConnect)
+    pubsub.addEventListener('subscription-change', this.#onSubscriptionChange)
     this.#timer = setInterval(() => {
       for (const peer of libp2p.getPeers()) void this.syncWith(peer)
     }, this.#init.syncIntervalMs ?? 30_000)
@@ -99,6 +105,7 @@ export class Replication {
     this.#controller.abort()
     this.#unsubscribe?.()
     this.#init.libp2p.removeEventListener('peer:connect', this.#onConnect)
+    this.#init.pubsub.removeEventListener('subscription-change', this.#onSubscriptionChange)
     this.#init.pubsub.topicValidators.delete(STATE_TOPIC)
     try {
       this.#init.pubsub.unsubscribe(STATE_TOPIC)
@@ -115,6 +122,17 @@ export class Replication {
   readonly #onConnect = (evt: CustomEvent<PeerId>): void => {
     // At once: a newcomer's node record arrives this way, and `km1s nodes` waits for it.
     void this.syncWith(evt.detail)
+  }
+
+  /**
+   * Gossip reaches only peers known to have subscribed, and a peer's subscription arrives a moment after
+   * its connection. A record written in between (every node writes its own record as it starts) would
+   * wait for the 30 s round; a session when the subscription arrives carries it at once.
+   */
+  readonly #onSubscriptionChange = (evt: CustomEvent<SubscriptionChangeData>): void => {
+    if (evt.detail.subscriptions.some((s) => s.topic === STATE_TOPIC && s.subscribe)) {
+      void this.syncWith(evt.detail.peerId)
+    }
   }
 
   /** Gossip: one record per message; valid and newer → applied and forwarded, else not forwarded. */
@@ -136,7 +154,11 @@ export class Replication {
    */
   async syncWith(peer: PeerId, attempt = 0): Promise<void> {
     const key = peer.toString()
-    if (this.#inFlight.has(key) || !this.#started) return
+    if (!this.#started) return
+    if (this.#inFlight.has(key)) {
+      this.#again.add(key)
+      return
+    }
     this.#inFlight.add(key)
     const signal = AbortSignal.any([
       this.#controller.signal,
@@ -173,6 +195,9 @@ export class Replication {
       }
     } finally {
       this.#inFlight.delete(key)
+      if (this.#again.delete(key) && this.#init.libp2p.getPeers().some((p) => p.equals(peer))) {
+        void this.syncWith(peer)
+      }
     }
   }
 
