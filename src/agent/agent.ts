@@ -9,6 +9,7 @@ import { KM1S_VERSION } from '../common/version.ts'
 import { type DetectorConfig, Membership } from '../membership/index.ts'
 import { createMesh, loadOrCreateIdentity, type Mesh, readClusterSecret } from '../mesh/index.ts'
 import type { PeerBookEntry } from '../mesh/peer-book.ts'
+import { createRuntime, type Runtime, type RuntimeChoice } from '../runtime/index.ts'
 import { type NodeValue, Replication, Store, type WireRecord } from '../state/index.ts'
 import { createHandlers } from './handlers.ts'
 import {
@@ -33,6 +34,14 @@ export interface AgentConfig {
   detector?: Partial<DetectorConfig>
   /** Dead nodes leave `km1s nodes` after this long. */
   forgetAfterMs?: number
+  /** Which container runtime: auto (oci where it works, else process), oci, process or none. */
+  runtime?: RuntimeChoice
+  /** Volatile runtime state (default /run/km1s as root, else DATA_DIR/run). */
+  runDir?: string
+  /** Container logs (default /run/km1s/logs as root: RAM, because SD cards wear; else DATA_DIR/logs). */
+  logDir?: string
+  /** This node's container subnet. */
+  subnet?: string
   logger: Logger
 }
 
@@ -52,6 +61,7 @@ export class Agent {
   #replication: Replication | undefined
   #membership: Membership | undefined
   #api: ApiServer | undefined
+  #runtime: Runtime | undefined
   #name = ''
   #stopping: Promise<void> | undefined
 
@@ -132,7 +142,17 @@ export class Agent {
       forgetAfterMs: this.config.forgetAfterMs,
     })
     await this.#membership.start()
-    const { handlers, streams } = createHandlers({
+    this.#runtime = await createRuntime({
+      choice: this.config.runtime ?? 'auto',
+      peerId: mesh.peerId.toString(),
+      dataDir,
+      runDir: this.config.runDir,
+      logDir: this.config.logDir,
+      subnet: this.config.subnet,
+      logger,
+    })
+    await this.#runtime?.start()
+    const { handlers, streams, upgrades } = createHandlers({
       name: () => this.#name,
       dataDir,
       startedAt: this.#startedAt,
@@ -140,8 +160,9 @@ export class Agent {
       membership: this.#membership,
       store,
       replication: this.#replication,
+      runtime: this.#runtime,
     })
-    this.#api = new ApiServer({ socket: this.config.socket, handlers, streams, logger })
+    this.#api = new ApiServer({ socket: this.config.socket, handlers, streams, upgrades, logger })
     await this.#api.start()
     this.#log.info(
       { name: this.#name, peer: mesh.peerId.toString(), cluster: mesh.clusterId, socket: this.config.socket },
@@ -158,6 +179,7 @@ export class Agent {
   async #stop(): Promise<void> {
     const steps: Array<[string, () => Promise<void> | void]> = [
       ['api', () => this.#api?.stop()],
+      ['runtime', () => this.#runtime?.stop()],
       ['membership', () => this.#membership?.stop()],
       ['replication', () => this.#replication?.stop()],
       ['mesh', () => this.#mesh?.stop()],

@@ -1,9 +1,13 @@
 // The control API's handlers: thin translations between API types and the subsystems.
 import { createHash } from 'node:crypto'
 import type { Handlers, NodeView, StatusView, StreamHandlers } from '../api/index.ts'
+import type { UpgradeHandlers } from '../api/server.ts'
+import { Km1sError } from '../common/errors.ts'
 import { KM1S_VERSION } from '../common/version.ts'
 import { type Member, type Membership, resolveNode } from '../membership/index.ts'
 import type { Mesh } from '../mesh/index.ts'
+import { startExec } from '../runtime/exec.ts'
+import type { ContainerStatus, Runtime } from '../runtime/types.ts'
 import { encodeHlc, type Replication, type Store } from '../state/index.ts'
 
 export interface HandlerDeps {
@@ -14,6 +18,8 @@ export interface HandlerDeps {
   membership: Membership
   store: Store
   replication: Replication
+  /** The node's container runtime; undefined when the agent runs none (the container routes say so). */
+  runtime: Runtime | undefined
 }
 
 function labelsOf(store: Store, id: string): Record<string, string> {
@@ -48,8 +54,33 @@ export function editLabels(
   return next
 }
 
-export function createHandlers(d: HandlerDeps): { handlers: Handlers; streams: StreamHandlers } {
+export function createHandlers(d: HandlerDeps): {
+  handlers: Handlers
+  streams: StreamHandlers
+  upgrades: UpgradeHandlers
+} {
   const { mesh, membership, store, replication } = d
+  const runtime = (): Runtime => {
+    if (d.runtime) return d.runtime
+    throw new Km1sError(
+      'ERR_NO_RUNTIME',
+      "This agent runs no container runtime; run 'km1s doctor' to see what this host lacks, then restart the agent.",
+    )
+  }
+  const container = (name: string, process?: string): ContainerStatus => {
+    const found = runtime().get(name)
+    if (!found)
+      throw new Km1sError(
+        'ERR_NOT_FOUND',
+        `There is no container named ${name} on this node; 'km1s containers' lists them.`,
+      )
+    if (process !== undefined && !found.processes.some((p) => p.name === process))
+      throw new Km1sError(
+        'ERR_NOT_FOUND',
+        `Container ${name} has no process named ${process}; it has ${found.processes.map((p) => p.name).join(', ')}.`,
+      )
+    return found
+  }
   const handlers: Handlers = {
     health: () => ({ ok: true, name: d.name(), id: mesh.peerId.toString(), pid: process.pid }),
     nodes: () => {
@@ -94,6 +125,13 @@ export function createHandlers(d: HandlerDeps): { handlers: Handlers; streams: S
       await membership.forget(member.id)
       return { id: member.id, name: member.info.name }
     },
+    containers: () => runtime().list(),
+    containerCreate: (spec) => runtime().create(spec),
+    containerRemove: async (req) => {
+      container(req.name)
+      await runtime().remove(req.name)
+      return {}
+    },
   }
   const streams: StreamHandlers = {
     watch: async function* (req, signal) {
@@ -108,6 +146,20 @@ export function createHandlers(d: HandlerDeps): { handlers: Handlers; streams: S
         }
       }
     },
+    // Checked before the answer's headers go out, so an unknown container is a plain 404.
+    logs: (req, signal) => {
+      container(req.container, req.process)
+      const { container: name, ...query } = req
+      return runtime().logs(name, { ...query, signal })
+    },
   }
-  return { handlers, streams }
+  const upgrades: UpgradeHandlers = {
+    exec: async (req, log) => {
+      container(req.container, req.process)
+      const { cols, rows, ...request } = req
+      const prepared = await runtime().prepareExec(request)
+      return startExec(prepared, { tty: req.tty, cols, rows, log: log.child({ exec: req.container }) })
+    },
+  }
+  return { handlers, streams, upgrades }
 }

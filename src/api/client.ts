@@ -1,10 +1,21 @@
 // The typed client of the control API; the CLI, the tests and the benchmarks talk to agents only through it.
 import type { IncomingMessage } from 'node:http'
+import type { Socket } from 'node:net'
+import { PassThrough, Writable } from 'node:stream'
 import { Km1sError } from '../common/errors.ts'
 import { http } from '../common/http.ts'
+import type { ContainerSpecInput } from '../runtime/types.ts'
 import {
   ApiError,
-  type RequestOf,
+  ErrorFrame,
+  type ExecRequestView,
+  ExitFrame,
+  encodeChunked,
+  encodeFrame,
+  encodeJsonFrame,
+  Frame,
+  FrameDecoder,
+  type RequestInputOf,
   type ResponseOf,
   type RouteName,
   routes,
@@ -12,7 +23,34 @@ import {
   type StreamName,
   type StreamRequestOf,
   streams,
+  UPGRADE_REQUEST_HEADER,
+  upgrades,
 } from './schemas.ts'
+
+/** A query string of the fields that are set (URLSearchParams would send `undefined` as text). */
+function queryOf(body: object): string {
+  const fields = Object.entries(body).filter(([, v]) => v !== undefined)
+  return new URLSearchParams(fields.map(([k, v]): [string, string] => [k, String(v)])).toString()
+}
+
+/** The client's end of an exec session (`ApiClient.exec`). */
+export interface ExecChannel {
+  /** The program's input: each write becomes stdin frames, end() the stdin-eof frame. */
+  stdin: Writable
+  stdout: PassThrough
+  /** Nothing comes here with a terminal: the program's stderr is the terminal. */
+  stderr: PassThrough
+  resize(cols: number, rows: number): void
+  /** Leaves the session: the agent kills the program. */
+  close(): void
+  /**
+   * The program's exit, after all its output was handed to stdout and stderr (which then end). Rejects with
+   * the agent's error frame as a Km1sError, or ERR_EXEC_LOST when the connection ends without a status.
+   */
+  exited: Promise<{ code: number | null; signal: string | null }>
+}
+
+export type ExecOptions = Omit<ExecRequestView, 'env'> & { env?: Record<string, string> }
 
 export class ApiClient {
   readonly socket: string
@@ -47,6 +85,51 @@ export class ApiClient {
     return this.stream('watch', { prefix }, signal)
   }
 
+  containers() {
+    return this.call('containers', {})
+  }
+
+  createContainer(spec: ContainerSpecInput) {
+    return this.call('containerCreate', spec)
+  }
+
+  removeContainer(name: string) {
+    return this.call('containerRemove', { name })
+  }
+
+  logs(query: StreamRequestOf<'logs'>, signal: AbortSignal) {
+    return this.stream('logs', query, signal)
+  }
+
+  /** Starts an exec session: resolves once the agent switched protocols, or rejects with its error. */
+  exec(request: ExecOptions): Promise<ExecChannel> {
+    const route = upgrades.exec
+    const encoded = Buffer.from(JSON.stringify(request), 'utf8').toString('base64url')
+    return new Promise<ExecChannel>((resolve, reject) => {
+      const req = http.request({
+        socketPath: this.socket,
+        path: route.path,
+        method: route.method,
+        headers: { connection: 'Upgrade', upgrade: route.protocol, [UPGRADE_REQUEST_HEADER]: encoded },
+        timeout: this.timeoutMs,
+      })
+      req.on('upgrade', (_res, socket: Socket, head: Buffer) => resolve(execChannel(socket, head)))
+      req.on('response', (res: IncomingMessage) => {
+        readError(res).then(reject, reject)
+      })
+      req.on('timeout', () =>
+        req.destroy(
+          new Km1sError(
+            'ERR_AGENT_TIMEOUT',
+            `The km1s agent at ${this.socket} did not start the exec within ${this.timeoutMs / 1000} s; check it with 'km1s status' or its logs.`,
+          ),
+        ),
+      )
+      req.on('error', (err: NodeJS.ErrnoException) => reject(this.#connectionError(err)))
+      req.end()
+    })
+  }
+
   /** A streaming route: items as they come, until `signal` aborts or the agent ends the stream. */
   async *stream<S extends StreamName>(
     name: S,
@@ -54,7 +137,7 @@ export class ApiClient {
     signal: AbortSignal,
   ): AsyncGenerator<StreamItemOf<S>> {
     const route = streams[name]
-    const query = new URLSearchParams(body as Record<string, string>).toString()
+    const query = queryOf(body)
     const res = await new Promise<IncomingMessage>((resolve, reject) => {
       const req = http.request(
         { socketPath: this.socket, path: `${route.path}?${query}`, method: route.method, signal },
@@ -63,17 +146,7 @@ export class ApiClient {
       req.on('error', (err: NodeJS.ErrnoException) => reject(this.#connectionError(err)))
       req.end()
     })
-    if (res.statusCode !== 200) {
-      const chunks: Buffer[] = []
-      for await (const c of res) chunks.push(c as Buffer)
-      const err = ApiError.safeParse(JSON.parse(Buffer.concat(chunks).toString('utf8') || '{}'))
-      throw err.success
-        ? new Km1sError(err.data.error.code, err.data.error.message)
-        : new Km1sError(
-            'ERR_BAD_RESPONSE',
-            `The agent answered HTTP ${res.statusCode} without an error message.`,
-          )
-    }
+    if (res.statusCode !== 200) throw await readError(res)
     let buffered = ''
     try {
       for await (const chunk of res) {
@@ -112,9 +185,9 @@ export class ApiClient {
     return err
   }
 
-  async call<R extends RouteName>(name: R, body: RequestOf<R>): Promise<ResponseOf<R>> {
+  async call<R extends RouteName>(name: R, body: RequestInputOf<R>): Promise<ResponseOf<R>> {
     const route = routes[name]
-    const query = route.method === 'GET' ? new URLSearchParams(body as Record<string, string>).toString() : ''
+    const query = route.method === 'GET' ? queryOf(body) : ''
     const path = query ? `${route.path}?${query}` : route.path
     const payload = route.method === 'GET' ? undefined : JSON.stringify(body)
     const { status, text } = await new Promise<{ status: number; text: string }>((resolve, reject) => {
@@ -184,5 +257,119 @@ export class ApiClient {
       )
     }
     return parsed.data as ResponseOf<R>
+  }
+}
+
+/** A non-200 answer as the agent's Km1sError. */
+async function readError(res: IncomingMessage): Promise<Km1sError> {
+  const chunks: Buffer[] = []
+  for await (const c of res) chunks.push(c as Buffer)
+  let json: unknown
+  try {
+    json = JSON.parse(Buffer.concat(chunks).toString('utf8'))
+  } catch {}
+  const err = ApiError.safeParse(json)
+  return err.success
+    ? new Km1sError(err.data.error.code, err.data.error.message)
+    : new Km1sError('ERR_BAD_RESPONSE', `The agent answered HTTP ${res.statusCode} without an error message.`)
+}
+
+function execChannel(socket: Socket, head: Buffer): ExecChannel {
+  socket.setTimeout(0)
+  socket.setNoDelay?.(true)
+  const stdout = new PassThrough()
+  const stderr = new PassThrough()
+  const decoder = new FrameDecoder()
+  const full = new Set<PassThrough>()
+  let settled = false
+  let resolveExit: (exit: { code: number | null; signal: string | null }) => void = () => {}
+  let rejectExit: (err: Error) => void = () => {}
+  const exited = new Promise<{ code: number | null; signal: string | null }>((res, rej) => {
+    resolveExit = res
+    rejectExit = rej
+  })
+  exited.catch(() => {})
+  const end = (err?: Error, exit?: { code: number | null; signal: string | null }) => {
+    if (settled) return
+    settled = true
+    stdout.end()
+    stderr.end()
+    socket.end()
+    if (err) rejectExit(err)
+    else resolveExit(exit as { code: number | null; signal: string | null })
+  }
+  const json = (payload: Buffer): unknown => {
+    try {
+      return JSON.parse(payload.toString('utf8'))
+    } catch {
+      return undefined
+    }
+  }
+  const badFrame = (what: string) =>
+    end(new Km1sError('ERR_BAD_FRAME', `The agent sent ${what}; run the same km1s version on both.`))
+  const onData = (chunk: Buffer) => {
+    if (settled) return
+    let frames: ReturnType<FrameDecoder['push']>
+    try {
+      frames = decoder.push(chunk)
+    } catch {
+      return badFrame('a frame larger than the limit')
+    }
+    for (const f of frames) {
+      if (f.type === Frame.stdout || f.type === Frame.stderr) {
+        const out = f.type === Frame.stdout ? stdout : stderr
+        if (!out.write(f.payload) && !full.has(out)) {
+          full.add(out)
+          socket.pause()
+          out.once('drain', () => {
+            full.delete(out)
+            if (full.size === 0) socket.resume()
+          })
+        }
+      } else if (f.type === Frame.exit) {
+        const exit = ExitFrame.safeParse(json(f.payload))
+        return exit.success
+          ? end(undefined, exit.data)
+          : badFrame('an exit frame that is not { code, signal }')
+      } else if (f.type === Frame.error) {
+        const e = ErrorFrame.safeParse(json(f.payload))
+        return e.success
+          ? end(new Km1sError(e.data.code, e.data.message))
+          : badFrame('an unreadable error frame')
+      } else return badFrame(`a frame of type ${f.type}`)
+    }
+  }
+  socket.on('data', onData)
+  socket.on('error', () => {})
+  socket.once('close', () =>
+    end(
+      new Km1sError(
+        'ERR_EXEC_LOST',
+        "The connection to the agent ended before the command's exit status arrived; check the agent's log.",
+      ),
+    ),
+  )
+  const send = (frame: Buffer, cb?: (err?: Error | null) => void) => {
+    if (settled || socket.destroyed) return void cb?.()
+    socket.write(frame, () => cb?.())
+  }
+  const stdin = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      const frames = encodeChunked(Frame.stdin, chunk)
+      if (frames.length === 0) return cb()
+      for (const [i, frame] of frames.entries()) send(frame, i === frames.length - 1 ? cb : undefined)
+    },
+    final(cb) {
+      send(encodeFrame(Frame.stdinEof), cb)
+    },
+  })
+  if (head.length > 0) onData(head)
+  return {
+    stdin,
+    stdout,
+    stderr,
+    resize: (cols, rows) => send(encodeJsonFrame(Frame.resize, { cols, rows })),
+    close: () => socket.destroy(),
+    exited,
   }
 }

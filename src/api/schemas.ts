@@ -1,5 +1,14 @@
 // The control API's wire types: one zod schema per request and response, shared by server and client.
+import { Km1sError } from '../common/errors.ts'
 import * as z from '../common/schema.ts'
+import {
+  ContainerName,
+  ContainerSpec,
+  type ContainerStatus,
+  type LogEntry,
+  ProcessName,
+  ProcessSpec,
+} from '../runtime/types.ts'
 import { LabelKey, LabelValue } from '../state/record.ts'
 
 export const ApiError = z.object({ error: z.object({ code: z.string(), message: z.string() }) })
@@ -87,6 +96,77 @@ export const WatchEvent = z.object({
 })
 export type WatchEvent = z.infer<typeof WatchEvent>
 
+const ExitInfoView = z.object({
+  reason: z.enum([
+    'exited',
+    'signal',
+    'oom-killed',
+    'not-found',
+    'not-executable',
+    'exec-format',
+    'start-failed',
+    'stopped',
+  ]),
+  code: z.nullable(z.number()),
+  signal: z.nullable(z.string()),
+  message: z.string(),
+  at: z.string(),
+})
+const ProcessStatusView = z.object({
+  name: z.string(),
+  state: z.enum(['starting', 'running', 'backoff', 'exited', 'stopping']),
+  pid: z.nullable(z.number()),
+  restarts: z.number(),
+  lastExit: z.nullable(ExitInfoView),
+  nextStartAt: z.nullable(z.string()),
+})
+/** Mirrors `ContainerStatus` of runtime/types.ts (checked below, both ways). */
+export const ContainerStatusView = z.object({
+  name: z.string(),
+  state: z.enum(['creating', 'running', 'degraded', 'exited', 'removing', 'failed']),
+  ip: z.nullable(z.string()),
+  processes: z.array(ProcessStatusView),
+  error: z.nullable(z.string()),
+  createdAt: z.string(),
+})
+export const ContainerList = z.array(ContainerStatusView)
+export const ContainerRef = z.strictObject({ name: ContainerName })
+
+/** A GET request arrives as query strings: numbers and booleans are read from text. */
+export const LogsRequest = z.strictObject({
+  container: ContainerName,
+  process: z.optional(ProcessName),
+  sinceMs: z.optional(z.coerce.number().check(z.int(), z.minimum(0))),
+  tail: z.optional(z.coerce.number().check(z.int(), z.minimum(0), z.maximum(1_000_000))),
+  follow: z.optional(z.stringbool()),
+})
+export const LogEntryView = z.object({
+  time: z.string(),
+  process: z.string(),
+  stream: z.enum(['stdout', 'stderr']),
+  line: z.string(),
+})
+
+type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false
+const mirrorsRuntimeTypes: [
+  Same<z.infer<typeof ContainerStatusView>, ContainerStatus>,
+  Same<z.infer<typeof LogEntryView>, LogEntry>,
+] = [true, true]
+void mirrorsRuntimeTypes
+
+/** A terminal's columns or rows: the kernel's winsize holds 16 bits. */
+const TermSize = z.number().check(z.int(), z.minimum(1), z.maximum(65_535))
+export const ExecRequestView = z.strictObject({
+  container: ContainerName,
+  args: ProcessSpec.shape.args,
+  tty: z.boolean(),
+  process: z.optional(ProcessName),
+  env: z.optional(ProcessSpec.shape.env),
+  cols: z.optional(TermSize),
+  rows: z.optional(TermSize),
+})
+export type ExecRequestView = z.infer<typeof ExecRequestView>
+
 /** The route table: method and path → request and response schemas. */
 export const routes = {
   health: { method: 'GET', path: '/v1/health', request: Empty, response: Health },
@@ -94,11 +174,20 @@ export const routes = {
   status: { method: 'GET', path: '/v1/status', request: Empty, response: StatusView },
   label: { method: 'POST', path: '/v1/label', request: LabelRequest, response: NodeView },
   forget: { method: 'POST', path: '/v1/forget', request: ForgetRequest, response: Forgotten },
+  containers: { method: 'GET', path: '/v1/containers', request: Empty, response: ContainerList },
+  containerCreate: {
+    method: 'POST',
+    path: '/v1/containers',
+    request: ContainerSpec,
+    response: ContainerStatusView,
+  },
+  containerRemove: { method: 'POST', path: '/v1/containers/remove', request: ContainerRef, response: Empty },
 } as const
 
 /** Streaming routes: the response is newline-delimited JSON, one item per line, until the client leaves. */
 export const streams = {
   watch: { method: 'GET', path: '/v1/watch', request: WatchRequest, item: WatchEvent },
+  logs: { method: 'GET', path: '/v1/logs', request: LogsRequest, item: LogEntryView },
 } as const
 export type Streams = typeof streams
 export type StreamName = keyof Streams
@@ -107,5 +196,119 @@ export type StreamItemOf<S extends StreamName> = z.infer<Streams[S]['item']>
 
 export type Routes = typeof routes
 export type RouteName = keyof Routes
+/** What a handler receives: the request after validation, defaults filled in. */
 export type RequestOf<R extends RouteName> = z.infer<Routes[R]['request']>
+/** What a client may send: defaults may be left out. */
+export type RequestInputOf<R extends RouteName> = z.input<Routes[R]['request']>
 export type ResponseOf<R extends RouteName> = z.infer<Routes[R]['response']>
+
+/**
+ * Upgrade routes: a bidirectional session over the same socket. The request is JSON, base64url-encoded in
+ * the `km1s-request` header, so it can be refused with an ordinary error answer before the switch.
+ */
+export const upgrades = {
+  exec: { method: 'POST', path: '/v1/exec', protocol: 'km1s-exec', request: ExecRequestView },
+} as const
+export const UPGRADE_REQUEST_HEADER = 'km1s-request'
+export type Upgrades = typeof upgrades
+export type UpgradeName = keyof Upgrades
+export type UpgradeRequestOf<U extends UpgradeName> = z.infer<Upgrades[U]['request']>
+
+// --- exec frames: [type u8][payload length u32 big-endian][payload] ---
+
+/** Frame types: 1–3 go from the client to the agent, 4–7 from the agent to the client. */
+export const Frame = { stdin: 1, stdinEof: 2, resize: 3, stdout: 4, stderr: 5, exit: 6, error: 7 } as const
+export type FrameType = (typeof Frame)[keyof typeof Frame]
+export const MAX_FRAME_PAYLOAD = 64 * 1024
+const HEADER_BYTES = 5
+
+export const ResizeFrame = z.strictObject({ cols: TermSize, rows: TermSize })
+export const ExitFrame = z.object({ code: z.nullable(z.number()), signal: z.nullable(z.string()) })
+export type ExitFrame = z.infer<typeof ExitFrame>
+export const ErrorFrame = z.object({ code: z.string(), message: z.string() })
+
+export function encodeFrame(type: number, payload: Uint8Array | string = ''): Buffer {
+  const body = typeof payload === 'string' ? Buffer.from(payload, 'utf8') : payload
+  if (body.length > MAX_FRAME_PAYLOAD) throw new RangeError(`frame payload of ${body.length} bytes`)
+  const frame = Buffer.allocUnsafe(HEADER_BYTES + body.length)
+  frame.writeUInt8(type, 0)
+  frame.writeUInt32BE(body.length, 1)
+  frame.set(body, HEADER_BYTES)
+  return frame
+}
+
+export const encodeJsonFrame = (type: number, value: unknown): Buffer =>
+  encodeFrame(type, JSON.stringify(value))
+
+/** `data` as frames of at most MAX_FRAME_PAYLOAD bytes each. */
+export function encodeChunked(type: number, data: Uint8Array): Buffer[] {
+  const frames: Buffer[] = []
+  for (let i = 0; i < data.length; i += MAX_FRAME_PAYLOAD)
+    frames.push(encodeFrame(type, data.subarray(i, i + MAX_FRAME_PAYLOAD)))
+  return frames
+}
+
+export interface DecodedFrame {
+  type: number
+  payload: Buffer
+}
+
+/**
+ * Splits a byte stream into frames, copying each byte about once however the stream is cut (a peer sending
+ * one byte at a time costs no more); a length above MAX_FRAME_PAYLOAD throws ERR_BAD_FRAME before its
+ * payload is waited for, so it never holds more than one frame's bytes beyond what one read brought.
+ */
+export class FrameDecoder {
+  #chunks: Buffer[] = []
+  #size = 0
+
+  push(chunk: Buffer): DecodedFrame[] {
+    if (chunk.length > 0) {
+      this.#chunks.push(chunk)
+      this.#size += chunk.length
+    }
+    const frames: DecodedFrame[] = []
+    for (;;) {
+      if (this.#size < HEADER_BYTES) return frames
+      const header = this.#peek(HEADER_BYTES)
+      const length = header.readUInt32BE(1)
+      if (length > MAX_FRAME_PAYLOAD)
+        throw new Km1sError(
+          'ERR_BAD_FRAME',
+          `A frame announced ${length} bytes, more than the ${MAX_FRAME_PAYLOAD}-byte limit.`,
+        )
+      if (this.#size < HEADER_BYTES + length) return frames
+      const frame = this.#take(HEADER_BYTES + length)
+      frames.push({ type: header.readUInt8(0), payload: frame.subarray(HEADER_BYTES) })
+    }
+  }
+
+  /** Bytes received that do not yet form a whole frame. */
+  get pending(): number {
+    return this.#size
+  }
+
+  #peek(n: number): Buffer {
+    const first = this.#chunks[0] as Buffer
+    if (first.length >= n) return first.subarray(0, n)
+    const joined = Buffer.concat(this.#chunks)
+    this.#chunks = [joined]
+    return joined.subarray(0, n)
+  }
+
+  #take(n: number): Buffer {
+    const first = this.#chunks[0] as Buffer
+    let out: Buffer
+    if (first.length >= n) {
+      out = first.subarray(0, n)
+      if (first.length === n) this.#chunks.shift()
+      else this.#chunks[0] = first.subarray(n)
+    } else {
+      const joined = Buffer.concat(this.#chunks)
+      out = joined.subarray(0, n)
+      this.#chunks = joined.length > n ? [joined.subarray(n)] : []
+    }
+    this.#size -= n
+    return out
+  }
+}

@@ -6,6 +6,7 @@ import { defaultDataDir, defaultSocket } from '../common/paths.ts'
 import { KM1S_VERSION } from '../common/version.ts'
 import { registerAgentCommands } from './commands/agent.ts'
 import { registerClusterCommands } from './commands/cluster.ts'
+import { registerContainerCommands } from './commands/containers.ts'
 import { registerInfoCommands } from './commands/info.ts'
 
 export interface GlobalOptions {
@@ -47,6 +48,7 @@ export function buildProgram(): Command {
   registerClusterCommands(program)
   registerAgentCommands(program)
   registerInfoCommands(program)
+  registerContainerCommands(program)
   return program
 }
 

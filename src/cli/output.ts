@@ -5,6 +5,14 @@ export function printJson(value: unknown): void {
   process.stdout.write(`${JSON.stringify(value, null, 2)}\n`)
 }
 
+/** For output piped into a reader that may leave early (`km1s logs | head`): end quietly, not with EPIPE. */
+export function exitQuietlyOnEpipe(): void {
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(0)
+    throw err
+  })
+}
+
 export function printTable(head: string[], rows: Array<Array<string | number>>): void {
   const table = new Table({
     head,

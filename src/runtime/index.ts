@@ -1,5 +1,13 @@
-// runtime/: runs containers. Today: the OCI config of one process (oci.ts) and which OCI runtime this host can
-// use, found by running a throw-away container (detect.ts). Supervision, logs and exec follow (docs/runtime.md).
+// runtime/: containers and processes (runtime.ts), their OCI config (oci.ts), which OCI runtime this host can
+// use (detect.ts), shims (shim.ts), exit reasons (exit.ts), cgroups, logs and exec. docs/runtime.md.
+
+export {
+  createRuntime,
+  defaultLogRoot,
+  defaultRunRoot,
+  RUNTIME_CHOICES,
+  type RuntimeChoice,
+} from './create.ts'
 export {
   type DetectOptions,
   detectOciRuntime,
@@ -9,6 +17,7 @@ export {
   type OciRuntimeName,
 } from './detect.ts'
 export { prepareRootfs, presentSystemPaths } from './host.ts'
+export { instanceId, RuntimeNames } from './names.ts'
 export {
   type ContainerProcessSpec,
   cpuQuota,
@@ -22,3 +31,5 @@ export {
   renderHosts,
   renderResolvConf,
 } from './oci.ts'
+export { ContainerRuntime } from './runtime.ts'
+export * from './types.ts'

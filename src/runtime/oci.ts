@@ -123,16 +123,19 @@ export const containerProcessSpecSchema = z
     ),
     capabilities: z._default(z.array(z.enum(ALLOWED_CAPABILITIES)), []),
     nofile: z._default(z.number().check(z.int(), z.minimum(64), z.maximum(1_048_576)), DEFAULT_NOFILE),
-    limits: z.object({
-      memoryBytes: z
-        .number()
-        .check(z.int(), z.minimum(MIN_MEMORY_BYTES, 'must be at least 4 MiB (4194304 bytes)')),
-      /** Absent: no CPU quota. */
-      cpuMillicores: z.optional(
-        z.number().check(z.int(), z.minimum(MIN_CPU_MILLICORES, 'must be at least 10 millicores')),
-      ),
-      pids: z.number().check(z.int(), z.minimum(1, 'must be at least 1')),
-    }),
+    /** Absent: the runtime sets none, because km1s holds them on the parent cgroup (cgroups.ts). */
+    limits: z.optional(
+      z.object({
+        memoryBytes: z
+          .number()
+          .check(z.int(), z.minimum(MIN_MEMORY_BYTES, 'must be at least 4 MiB (4194304 bytes)')),
+        /** Absent: no CPU quota. */
+        cpuMillicores: z.optional(
+          z.number().check(z.int(), z.minimum(MIN_CPU_MILLICORES, 'must be at least 10 millicores')),
+        ),
+        pids: z.number().check(z.int(), z.minimum(1, 'must be at least 1')),
+      }),
+    ),
     /** The empty directory (or any directory) used as the read-only root. */
     rootfs: absolutePath,
     /** The container's hostname: set only when the UTS namespace is new (a joined one keeps its own). */
@@ -225,9 +228,9 @@ export interface OciConfig {
     cgroupsPath: string
     resources: {
       devices: Array<{ allow: boolean; access: string }>
-      memory: { limit: number }
+      memory?: { limit: number }
       cpu?: { quota: number; period: number }
-      pids: { limit: number }
+      pids?: { limit: number }
     }
     maskedPaths: string[]
     readonlyPaths: string[]
@@ -315,9 +318,15 @@ export function ociConfig(input: ContainerProcessSpec): OciConfig {
       resources: {
         // Deny every device; the runtime re-allows the standard ones it creates (null, zero, urandom, …).
         devices: [{ allow: false, access: 'rwm' }],
-        memory: { limit: spec.limits.memoryBytes },
-        ...(spec.limits.cpuMillicores === undefined ? {} : { cpu: cpuQuota(spec.limits.cpuMillicores) }),
-        pids: { limit: spec.limits.pids },
+        ...(spec.limits === undefined
+          ? {}
+          : {
+              memory: { limit: spec.limits.memoryBytes },
+              ...(spec.limits.cpuMillicores === undefined
+                ? {}
+                : { cpu: cpuQuota(spec.limits.cpuMillicores) }),
+              pids: { limit: spec.limits.pids },
+            }),
       },
       maskedPaths: [...MASKED_PATHS],
       readonlyPaths: [...READONLY_PATHS],

@@ -46,6 +46,8 @@ export async function km1sOk(node: LabNode, args: string[]): Promise<string> {
 
 export interface AgentOptions {
   extraArgs?: string[]
+  /** Lab agents run no container runtime unless a test asks: the mesh tests need none. */
+  runtime?: 'oci' | 'process' | 'none'
   env?: Record<string, string>
 }
 
@@ -61,6 +63,13 @@ export async function startAgent(node: LabNode, opts: AgentOptions = {}): Promis
       node.name,
       '--listen',
       listenAddr(node),
+      '--runtime',
+      opts.runtime ?? 'none',
+      // Inside the node's directory, never the host's /run/km1s: the lab removes it with the node.
+      '--run-dir',
+      join(node.dataDir, '..', `${node.name}-run`),
+      '--log-dir',
+      join(node.dataDir, '..', `${node.name}-logs`),
       ...(opts.extraArgs ?? []),
     ],
     opts.env,

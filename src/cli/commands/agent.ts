@@ -5,6 +5,7 @@ import { initCluster } from '../../agent/setup.ts'
 import { Km1sError } from '../../common/errors.ts'
 import { createLogger, type LogLevel } from '../../common/logger.ts'
 import { dataPaths } from '../../common/paths.ts'
+import { RUNTIME_CHOICES, type RuntimeChoice } from '../../runtime/create.ts'
 import { globals } from '../main.ts'
 
 interface AgentOptions {
@@ -17,6 +18,10 @@ interface AgentOptions {
   suspectAfter: number
   deadAfter: number
   forgetAfter: number
+  runtime: RuntimeChoice
+  runDir?: string
+  logDir?: string
+  subnet: string
 }
 
 function seconds(what: string) {
@@ -56,6 +61,14 @@ function agentOptions(cmd: Command): Command {
       86_400,
     )
     .addOption(
+      new Option('--runtime <kind>', 'container runtime: oci where it works (else process), or as named')
+        .choices([...RUNTIME_CHOICES])
+        .default('auto'),
+    )
+    .option('--run-dir <dir>', 'volatile runtime state (default: /run/km1s as root, else DATA_DIR/run)')
+    .option('--log-dir <dir>', 'container logs (default: /run/km1s/logs as root — RAM; else DATA_DIR/logs)')
+    .option('--subnet <cidr>', "this node's container subnet", '10.42.0.0/24')
+    .addOption(
       new Option('--log-level <level>', 'how much the agent logs')
         .choices(['trace', 'debug', 'info', 'warn', 'error'])
         .default('info'),
@@ -86,6 +99,10 @@ async function run(cmd: Command, opts: AgentOptions, banner: boolean): Promise<v
       mdns: opts.mdns,
       detector: { suspectMs: opts.suspectAfter * 1000, deadMs: opts.deadAfter * 1000 },
       forgetAfterMs: opts.forgetAfter * 1000,
+      runtime: opts.runtime,
+      runDir: opts.runDir,
+      logDir: opts.logDir,
+      subnet: opts.subnet,
       logger,
     },
     (agent) => {

@@ -1,0 +1,220 @@
+// Runtime benchmark: create → process running (p50/p99) for 1 container at a time and for 20 at once, beside
+// bare `crun run -d` of the same binary with the same kind of config in the same run (a ratio); stop latency;
+// the agent's memory per running container. Needs root. Usage: scripts/bench/runtime [--quick]
+import { spawnSync } from 'node:child_process'
+import { closeSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { detectOciRuntime } from '../../src/runtime/detect.ts'
+import { prepareRootfs, presentSystemPaths } from '../../src/runtime/host.ts'
+import { instanceId } from '../../src/runtime/names.ts'
+import { ociConfig } from '../../src/runtime/oci.ts'
+import { client, km1sOk, startAgent } from '../../test/lab/cluster.ts'
+import { createLab } from '../../test/lab/lab.ts'
+import { census, runtimeHarness } from '../../test/lab/runtime-fixture.ts'
+import { percentile, printRows, type Row, writeJson } from './report.ts'
+
+const quick = process.argv.includes('--quick')
+const SINGLE_RUNS = quick ? 20 : 50
+const BATCH = 20
+const BATCH_RUNS = quick ? 2 : 5
+const log = (line: string) => process.stdout.write(`${line}\n`)
+const MiB = 1024 * 1024
+
+if (process.getuid?.() !== 0) {
+  process.stderr.write('The runtime benchmark needs root (namespaces, cgroups, crun).\n')
+  process.exit(1)
+}
+
+const spec = (name: string) => ({
+  name,
+  processes: [{ name: 'main', args: ['/bin/sleep', '600'], limits: { memoryBytes: 16 * MiB, pids: 16 } }],
+})
+
+/** Bare crun: the same binary, a read-only root with the host's system paths, new namespaces, limits. */
+async function bareCrun(runs: number): Promise<{ run: number[]; stop: number[] }> {
+  const oci = await detectOciRuntime()
+  if (oci.binary === null) throw new Error(`no OCI runtime: ${oci.reason}`)
+  const base = `/tmp/km1s-bench-bare-${process.pid}`
+  rmSync(base, { recursive: true, force: true })
+  mkdirSync(base, { recursive: true })
+  await prepareRootfs(join(base, 'rootfs'))
+  for (const f of ['hosts', 'hostname', 'resolv.conf']) writeFileSync(join(base, f), 'x\n')
+  const argv = (...a: string[]) => [...oci.wrapper, oci.binary as string, ...a]
+  const run: number[] = []
+  const stop: number[] = []
+  try {
+    for (let i = 0; i < runs; i++) {
+      const id = `km1s-bench-bare-${process.pid}-${i}`
+      const config = ociConfig({
+        container: 'bare',
+        process: 'main',
+        args: ['/bin/sleep', '600'],
+        limits: { memoryBytes: 16 * MiB, pids: 16 },
+        rootfs: join(base, 'rootfs'),
+        hostname: 'bare',
+        systemPaths: presentSystemPaths(),
+        files: {
+          hosts: join(base, 'hosts'),
+          hostname: join(base, 'hostname'),
+          resolvConf: join(base, 'resolv.conf'),
+        },
+        namespaces: { network: 'new', uts: 'new', ipc: 'new' },
+        cgroupsPath: `/${id}`,
+      })
+      writeFileSync(join(base, 'config.json'), JSON.stringify(config))
+      const [file, ...args] = argv('run', '-d', '--bundle', base, id)
+      let t = performance.now()
+      // Files, not pipes: the detached container inherits crun's stdio and would hold a pipe open forever.
+      const err = openSync(join(base, 'stderr'), 'w')
+      const r = spawnSync(file as string, args, { stdio: ['ignore', 'ignore', err] })
+      run.push(performance.now() - t)
+      closeSync(err)
+      if (r.status !== 0) throw new Error(`bare crun failed: ${readFileSync(join(base, 'stderr'), 'utf8')}`)
+      const [kf, ...ka] = argv('kill', id, 'KILL')
+      const [df, ...da] = argv('delete', '-f', id)
+      t = performance.now()
+      spawnSync(kf as string, ka, { stdio: 'ignore' })
+      spawnSync(df as string, da, { stdio: 'ignore' })
+      stop.push(performance.now() - t)
+    }
+  } finally {
+    rmSync(base, { recursive: true, force: true })
+  }
+  return { run, stop }
+}
+
+async function km1sLatencies(): Promise<{
+  single: number[]
+  batch: number[]
+  stop: number[]
+  leftovers: number
+}> {
+  const h = await runtimeHarness('oci')
+  const single: number[] = []
+  const batch: number[] = []
+  const stop: number[] = []
+  try {
+    // Warm-up: the first create pays for the bridge and the caches.
+    await h.runtime.create(spec('warm'))
+    await h.runtime.remove('warm')
+    for (let i = 0; i < SINGLE_RUNS; i++) {
+      const t = performance.now()
+      const s = await h.runtime.create(spec(`one-${i}`))
+      single.push(performance.now() - t)
+      if (s.processes[0]?.state !== 'running') throw new Error(`one-${i}: ${JSON.stringify(s)}`)
+      const t2 = performance.now()
+      await h.runtime.remove(`one-${i}`)
+      stop.push(performance.now() - t2)
+    }
+    for (let r = 0; r < BATCH_RUNS; r++) {
+      const names = Array.from({ length: BATCH }, (_, i) => `b${r}-${i}`)
+      await Promise.all(
+        names.map(async (n) => {
+          const t = performance.now()
+          const s = await h.runtime.create(spec(n))
+          batch.push(performance.now() - t)
+          if (s.processes[0]?.state !== 'running') throw new Error(`${n}: ${JSON.stringify(s)}`)
+        }),
+      )
+      await Promise.all(names.map((n) => h.runtime.remove(n)))
+    }
+  } finally {
+    await h.destroy()
+  }
+  const left = Object.values(census(h.instance, h.dir, undefined)).flat().length
+  return { single, batch, stop, leftovers: left }
+}
+
+async function agentMemory(): Promise<{ idle: number; loaded: number; containers: number }> {
+  const lab = await createLab({ nodes: 1, name: 'rtbench' })
+  const node = lab.node(1)
+  try {
+    await km1sOk(node, ['init', '--name', node.name])
+    await startAgent(node, { runtime: 'oci' })
+    const rss = async () => (await client(node).status()).memory.rss
+    await new Promise((r) => setTimeout(r, 3000))
+    const idle = await rss()
+    const specFile = (n: string) => {
+      const f = join(lab.dir, `${n}.json`)
+      writeFileSync(f, JSON.stringify(spec(n)))
+      return f
+    }
+    for (let i = 0; i < BATCH; i++) await km1sOk(node, ['containers', 'create', '-f', specFile(`m${i}`)])
+    await new Promise((r) => setTimeout(r, 3000))
+    const loaded = await rss()
+    for (let i = 0; i < BATCH; i++) await km1sOk(node, ['containers', 'rm', `m${i}`])
+    const id = JSON.parse(await km1sOk(node, ['status', '--json'])).id
+    await node.stop()
+    const left = census(instanceId(id), join(node.dataDir, '..', `${node.name}-run`), undefined)
+    if (Object.values(left).flat().length > 0) log(`leftovers after the memory run: ${JSON.stringify(left)}`)
+    return { idle, loaded, containers: BATCH }
+  } finally {
+    await lab.down()
+  }
+}
+
+async function main(): Promise<void> {
+  const started = new Date().toISOString()
+  log(
+    `runtime benchmark (${quick ? 'quick' : 'full'}): ${SINGLE_RUNS} single creates, ${BATCH_RUNS}× ${BATCH} at once`,
+  )
+  const bare = await bareCrun(SINGLE_RUNS)
+  log(`bare crun: p50 ${percentile(bare.run, 50).toFixed(1)} ms`)
+  const k = await km1sLatencies()
+  log(`km1s: p50 ${percentile(k.single, 50).toFixed(1)} ms`)
+  const mem = await agentMemory()
+  const perContainer = (mem.loaded - mem.idle) / mem.containers
+  const bareP50 = percentile(bare.run, 50)
+  const bareP99 = percentile(bare.run, 99)
+  const rows: Row[] = [
+    {
+      metric: 'create→running p50, 1 at a time',
+      value: percentile(k.single, 50),
+      unit: 'ms',
+      baseline: bareP50,
+      target: '≤ 1.5× bare crun',
+    },
+    {
+      metric: 'create→running p99, 1 at a time',
+      value: percentile(k.single, 99),
+      unit: 'ms',
+      baseline: bareP99,
+      target: '≤ 100 ms',
+    },
+    {
+      metric: `create→running p50, ${BATCH} at once`,
+      value: percentile(k.batch, 50),
+      unit: 'ms',
+      baseline: bareP50,
+    },
+    {
+      metric: `create→running p99, ${BATCH} at once`,
+      value: percentile(k.batch, 99),
+      unit: 'ms',
+      baseline: bareP99,
+    },
+    {
+      metric: 'stop+remove p50 (TERM; sleep exits at once)',
+      value: percentile(k.stop, 50),
+      unit: 'ms',
+      baseline: percentile(bare.stop, 50),
+    },
+    {
+      metric: 'stop+remove p99',
+      value: percentile(k.stop, 99),
+      unit: 'ms',
+      baseline: percentile(bare.stop, 99),
+    },
+    { metric: 'agent RSS, idle with the runtime', value: mem.idle / MiB, unit: 'MiB' },
+    { metric: `agent RSS per running container (${BATCH})`, value: perContainer / MiB, unit: 'MiB' },
+    { metric: 'leftovers after the latency runs', value: k.leftovers, unit: 'resources', target: '0' },
+  ]
+  printRows('km1s runtime (oci) vs bare crun run -d', rows)
+  const file = writeJson('runtime', { started, quick, rows, raw: { bare, km1s: k, memory: mem } })
+  log(`\nwrote ${file}`)
+}
+
+main().catch((err) => {
+  process.stderr.write(`${err instanceof Error ? err.stack : String(err)}\n`)
+  process.exit(1)
+})

@@ -1,0 +1,983 @@
+// The container runtime of one node: makes containers, supervises their processes through shims, adopts
+// them after an agent restart and sweeps everything of this node that nothing wants. One class for both
+// kinds: `oci` (crun/runc: namespaces, read-only root, cgroup limits) and `process` (plain processes,
+// nothing isolated: for hosts without root or without an OCI runtime). docs/runtime.md has the picture.
+import { execFile, spawn } from 'node:child_process'
+import { existsSync, readFileSync, readlinkSync, statSync } from 'node:fs'
+import { mkdir, open, readdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { promisify } from 'node:util'
+import { Km1sError } from '../common/errors.ts'
+import type { Logger } from '../common/logger.ts'
+import { processAlive } from '../common/process.ts'
+import * as z from '../common/schema.ts'
+import {
+  allocateAddress,
+  attachContainer,
+  bridgeAddress,
+  detachContainer,
+  ensureBridge,
+  listContainerNetns,
+  listKm1sVeths,
+  netnsName,
+  vethName,
+} from '../network/container-net.ts'
+import { Cgroups } from './cgroups.ts'
+import type { OciRuntimeChoice } from './detect.ts'
+import {
+  BACKOFF_RESET_AFTER_MS,
+  backoffDelay,
+  classifyExit,
+  type ExecutableProblem,
+  executableProblem,
+  type FileFacts,
+  shouldRestart,
+} from './exit.ts'
+import { prepareRootfs, presentSystemPaths } from './host.ts'
+import { makeFifo, ProcessLog, readLogs } from './logs.ts'
+import type { RuntimeNames } from './names.ts'
+import {
+  DEFAULT_GID,
+  DEFAULT_PATH_ENV,
+  DEFAULT_UID,
+  ociConfig,
+  renderHostname,
+  renderHosts,
+  renderResolvConf,
+} from './oci.ts'
+import { shimFile, spawnShim } from './shim.ts'
+import {
+  ContainerSpec,
+  type ContainerSpecInput,
+  type ContainerStatus,
+  type ExecRequest,
+  type ExitInfo,
+  type LogEntry,
+  type LogQuery,
+  type PreparedExec,
+  type ProcessSpec,
+  type ProcessStatus,
+  type Runtime,
+} from './types.ts'
+
+const run = promisify(execFile)
+
+export interface ContainerRuntimeInit {
+  kind: 'oci' | 'process'
+  names: RuntimeNames
+  log: Logger
+  /** For `oci`: the runtime found by detectOciRuntime. */
+  oci?: OciRuntimeChoice
+  /** This node's container subnet (oci only); 10.42.0.0/24 until the network issue assigns one. */
+  subnet?: string
+  /** Run the container network's host side in this named namespace instead of the current one (tests). */
+  hostNetns?: string
+  /** How often adopted shims (not children of this agent) are checked for exit. */
+  adoptPollMs?: number
+}
+
+/** What is kept on disk per wanted container. */
+const ContainerRecord = z.object({
+  spec: ContainerSpec,
+  ip: z.nullable(z.string()),
+  createdAt: z.string(),
+})
+type ContainerRecord = z.output<typeof ContainerRecord>
+
+const CATATONIT = '/usr/bin/catatonit'
+const PAUSE_LIMITS = { memoryBytes: 16 * 1024 * 1024, pids: 8 }
+/** The shims and `crun run` processes of one container: small, but not worth an OOM kill of a supervisor. */
+const SHIM_LIMITS = { memoryBytes: 512 * 1024 * 1024, pids: 4096 }
+const START_WAIT_MS = 5_000
+
+interface Proc {
+  container: string
+  spec: ProcessSpec
+  state: ProcessStatus['state']
+  pid: number | null
+  shimPid: number | null
+  restarts: number
+  failures: number
+  lastExit: ExitInfo | null
+  nextStartAt: number | null
+  startedAt: number
+  oomBaseline: number
+  stopping: boolean
+  timer: NodeJS.Timeout | undefined
+  log: ProcessLog
+  /** Resolves when the current shim has ended. */
+  ended: Promise<void> | undefined
+}
+
+interface Ctr {
+  record: ContainerRecord
+  state: 'creating' | 'running' | 'removing' | 'failed'
+  error: string | null
+  procs: Map<string, Proc>
+  pausePid: number | null
+}
+
+export class ContainerRuntime implements Runtime {
+  readonly kind: 'oci' | 'process'
+  readonly #init: ContainerRuntimeInit
+  readonly #names: RuntimeNames
+  readonly #log: Logger
+  readonly #cgroups: Cgroups | undefined
+  readonly #containers = new Map<string, Ctr>()
+  /** Serialises create/remove per container name. */
+  readonly #locks = new Map<string, Promise<unknown>>()
+  #started = false
+  #stopped = false
+
+  constructor(init: ContainerRuntimeInit) {
+    this.kind = init.kind
+    this.#init = init
+    this.#names = init.names
+    this.#log = init.log.child({ subsystem: 'runtime' })
+    if (init.kind === 'oci') {
+      if (init.oci === undefined || init.oci.binary === null) {
+        throw new Km1sError('ERR_NO_OCI_RUNTIME', 'No working OCI runtime was found; run `km1s doctor`.')
+      }
+      this.#cgroups = new Cgroups({ log: this.#log })
+    }
+  }
+
+  get #subnet(): string {
+    return this.#init.subnet ?? '10.42.0.0/24'
+  }
+
+  async start(): Promise<void> {
+    if (this.#started) return
+    this.#started = true
+    const n = this.#names
+    await mkdir(n.runDir, { recursive: true, mode: 0o700 })
+    await mkdir(n.specDir, { recursive: true, mode: 0o700 })
+    await mkdir(n.logDir, { recursive: true, mode: 0o700 })
+    if (this.kind === 'process') {
+      this.#log.warn(
+        'the process runtime isolates nothing: containers run as plain processes of this host, with its files, network and users',
+      )
+    } else {
+      await ensureBridge({ subnet: this.#subnet, hostNetns: this.#init.hostNetns })
+    }
+    const wanted = await this.#loadRecords()
+    await this.#sweep(new Set(wanted.map((r) => r.spec.name)))
+    for (const record of wanted) {
+      const ctr: Ctr = { record, state: 'creating', error: null, procs: new Map(), pausePid: null }
+      this.#containers.set(record.spec.name, ctr)
+      await this.#withLock(record.spec.name, () => this.#bringUp(ctr, true))
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.#stopped = true
+    for (const ctr of this.#containers.values()) {
+      for (const p of ctr.procs.values()) {
+        clearTimeout(p.timer)
+        await p.log.close()
+      }
+    }
+  }
+
+  list(): ContainerStatus[] {
+    return [...this.#containers.values()]
+      .map((c) => this.#status(c))
+      .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
+  }
+
+  get(name: string): ContainerStatus | undefined {
+    const ctr = this.#containers.get(name)
+    return ctr && this.#status(ctr)
+  }
+
+  async create(input: ContainerSpecInput): Promise<ContainerStatus> {
+    const parsed = ContainerSpec.safeParse(input)
+    if (!parsed.success) {
+      const issue = parsed.error.issues[0]
+      const field = issue === undefined || issue.path.length === 0 ? 'spec' : issue.path.join('.')
+      throw new Km1sError(
+        'ERR_INVALID',
+        `Invalid container spec: ${field}: ${issue?.message ?? 'is invalid'}.`,
+      )
+    }
+    const spec = parsed.data
+    return this.#withLock(spec.name, async () => {
+      if (this.#containers.has(spec.name)) {
+        throw new Km1sError('ERR_EXISTS', `A container named ${spec.name} exists already; remove it first.`)
+      }
+      const used = new Set([...this.#containers.values()].map((c) => c.record.ip).filter((ip) => ip !== null))
+      const ip = this.kind === 'oci' ? allocateAddress(this.#subnet, used) : null
+      const record: ContainerRecord = { spec, ip, createdAt: new Date().toISOString() }
+      // Wanted before made: a crash from here on is finished (or undone) by the next start's adoption.
+      await writeDurable(this.#names.specFile(spec.name), JSON.stringify(record))
+      const ctr: Ctr = { record, state: 'creating', error: null, procs: new Map(), pausePid: null }
+      this.#containers.set(spec.name, ctr)
+      await this.#bringUp(ctr, false)
+      return this.#status(ctr)
+    })
+  }
+
+  async remove(name: string): Promise<void> {
+    await this.#withLock(name, async () => {
+      const ctr = this.#containers.get(name)
+      if (!ctr) throw new Km1sError('ERR_NOT_FOUND', `There is no container named ${name} on this node.`)
+      ctr.state = 'removing'
+      // Unwanted before unmade: a crash from here on is finished by the next start's sweep.
+      await unlink(this.#names.specFile(name)).catch(() => {})
+      await Promise.all([...ctr.procs.values()].map((p) => this.#stopProcess(p)))
+      for (const p of ctr.procs.values()) await p.log.close()
+      await this.#removeResources(name, ctr.pausePid)
+      this.#containers.delete(name)
+      // The instance's own cgroup goes with its last container: nothing of km1s stays without a container.
+      if (this.#containers.size === 0) await this.#cgroups?.remove(`/${this.#names.prefix}`)
+    })
+  }
+
+  logs(name: string, query: LogQuery): AsyncIterable<LogEntry> {
+    const ctr = this.#containers.get(name)
+    if (!ctr) throw new Km1sError('ERR_NOT_FOUND', `There is no container named ${name} on this node.`)
+    const processes = ctr.record.spec.processes.map((p) => p.name)
+    if (query.process !== undefined && !processes.includes(query.process)) {
+      throw new Km1sError(
+        'ERR_NOT_FOUND',
+        `Container ${name} has no process ${query.process}; it has ${processes.join(', ')}.`,
+      )
+    }
+    return readLogs(this.#names.containerLogDir(name), processes, query)
+  }
+
+  async prepareExec(req: ExecRequest): Promise<PreparedExec> {
+    const ctr = this.#containers.get(req.container)
+    if (!ctr)
+      throw new Km1sError('ERR_NOT_FOUND', `There is no container named ${req.container} on this node.`)
+    const spec =
+      req.process === undefined
+        ? ctr.record.spec.processes[0]
+        : ctr.record.spec.processes.find((p) => p.name === req.process)
+    if (!spec) {
+      throw new Km1sError('ERR_NOT_FOUND', `Container ${req.container} has no process ${req.process}.`)
+    }
+    const proc = ctr.procs.get(spec.name)
+    if (proc?.state !== 'running') {
+      throw new Km1sError(
+        'ERR_NOT_RUNNING',
+        `Process ${spec.name} of ${req.container} is not running, so there is nothing to exec into.`,
+      )
+    }
+    const env = { ...spec.env, ...(req.env ?? {}) }
+    if (this.kind === 'process') {
+      return {
+        argv: req.args,
+        env: { PATH: DEFAULT_PATH_ENV, ...env },
+        cwd: this.#processCwd(ctr, spec),
+        pidFile: null,
+        cleanup: async () => {},
+      }
+    }
+    const oci = this.#oci()
+    const dir = this.#names.processDir(req.container, spec.name)
+    const token = `${process.pid}-${Date.now()}-${Math.floor(Math.random() * 1e6)}`
+    const processFile = join(dir, `exec-${token}.json`)
+    const pidFile = join(dir, `exec-${token}.pid`)
+    const config = this.#config(ctr, spec)
+    const envList = Object.entries(env).map(([k, v]) => `${k}=${v}`)
+    if (!('PATH' in env)) envList.unshift(`PATH=${DEFAULT_PATH_ENV}`)
+    await writeFile(
+      processFile,
+      JSON.stringify({ ...config.process, terminal: req.tty, args: req.args, env: envList }),
+    )
+    return {
+      argv: [
+        ...oci.wrapper,
+        oci.binary as string,
+        'exec',
+        '--pid-file',
+        pidFile,
+        '--process',
+        processFile,
+        ...(req.tty ? ['-t'] : []),
+        this.#names.ociId(req.container, spec.name),
+      ],
+      env: { PATH: DEFAULT_PATH_ENV },
+      cwd: '/',
+      pidFile,
+      cleanup: async () => {
+        await rm(processFile, { force: true })
+        await rm(pidFile, { force: true })
+      },
+    }
+  }
+
+  // --- containers -------------------------------------------------------------------------------------
+
+  #oci(): OciRuntimeChoice {
+    return this.#init.oci as OciRuntimeChoice
+  }
+
+  async #withLock<T>(name: string, fn: () => Promise<T>): Promise<T> {
+    const before = this.#locks.get(name) ?? Promise.resolve()
+    const next = before.then(fn, fn)
+    const settled = next.catch(() => {})
+    this.#locks.set(name, settled)
+    try {
+      return await next
+    } finally {
+      if (this.#locks.get(name) === settled) this.#locks.delete(name)
+    }
+  }
+
+  async #loadRecords(): Promise<ContainerRecord[]> {
+    const files = await readdir(this.#names.specDir).catch(() => [] as string[])
+    const records: ContainerRecord[] = []
+    for (const file of files) {
+      if (!file.endsWith('.json')) continue
+      const path = join(this.#names.specDir, file)
+      try {
+        const parsed = ContainerRecord.safeParse(JSON.parse(await readFile(path, 'utf8')))
+        if (parsed.success && `${parsed.data.spec.name}.json` === file) {
+          records.push(parsed.data)
+          continue
+        }
+      } catch {
+        // unreadable: same as invalid
+      }
+      this.#log.warn({ file: path }, 'ignoring an unreadable container record; the container will be removed')
+      await rm(path, { force: true })
+    }
+    return records
+  }
+
+  /** Makes (or, when adopting, checks and repairs) everything a container needs, then its processes. */
+  async #bringUp(ctr: Ctr, adopting: boolean): Promise<void> {
+    const { spec } = ctr.record
+    try {
+      await this.#prepareContainer(ctr)
+    } catch (err) {
+      ctr.state = 'failed'
+      ctr.error = `the container could not be made: ${err instanceof Error ? err.message : String(err)}`
+      this.#log.error({ container: spec.name, err: ctr.error }, 'container failed')
+      return
+    }
+    const logDir = this.#names.containerLogDir(spec.name)
+    await mkdir(logDir, { recursive: true, mode: 0o700 })
+    await Promise.all(
+      spec.processes.map(async (ps) => {
+        const proc: Proc = {
+          container: spec.name,
+          spec: ps,
+          state: 'starting',
+          pid: null,
+          shimPid: null,
+          restarts: 0,
+          failures: 0,
+          lastExit: null,
+          nextStartAt: null,
+          startedAt: Date.now(),
+          oomBaseline: 0,
+          stopping: false,
+          timer: undefined,
+          log: new ProcessLog({ dir: logDir, process: ps.name, log: this.#log }),
+          ended: undefined,
+        }
+        ctr.procs.set(ps.name, proc)
+        const dir = this.#names.processDir(spec.name, ps.name)
+        await mkdir(dir, { recursive: true, mode: 0o700 })
+        await makeFifo(shimFile(dir, 'stdout'))
+        await makeFifo(shimFile(dir, 'stderr'))
+        proc.log.attach('stdout', shimFile(dir, 'stdout'))
+        proc.log.attach('stderr', shimFile(dir, 'stderr'))
+        if (adopting && (await this.#adopt(proc))) return
+        await this.#startProcess(proc)
+      }),
+    )
+    ctr.state = 'running'
+  }
+
+  async #prepareContainer(ctr: Ctr): Promise<void> {
+    const { spec, ip } = ctr.record
+    const dir = this.#names.containerDir(spec.name)
+    await mkdir(dir, { recursive: true, mode: 0o711 })
+    if (this.kind === 'process') return
+    const hostname = spec.hostname ?? spec.name
+    await prepareRootfs(join(dir, 'rootfs'))
+    await writeFile(join(dir, 'hostname'), renderHostname(hostname))
+    await writeFile(join(dir, 'hosts'), renderHosts(hostname, ip === null ? [] : [{ ip, names: [hostname] }]))
+    await writeFile(
+      join(dir, 'resolv.conf'),
+      renderResolvConf({ nameservers: [bridgeAddress(this.#subnet)], search: ['km1s.internal'] }),
+    )
+    await attachContainer({
+      instance: this.#names.instance,
+      container: spec.name,
+      subnet: this.#subnet,
+      ip: ip as string,
+      hostNetns: this.#init.hostNetns,
+    })
+    ctr.pausePid = await this.#ensurePause(spec.name, hostname)
+  }
+
+  /** The pause process holds the container's UTS (with its hostname) and IPC namespaces. */
+  async #ensurePause(container: string, hostname: string): Promise<number> {
+    const dir = this.#names.containerDir(container)
+    const pidFile = join(dir, 'pause.pid')
+    const netns = `/run/netns/${netnsName(this.#names.instance, container)}`
+    const known = await readPid(pidFile)
+    if (known !== null && isPauseOf(known, netns)) return known
+    const cgroups = this.#cgroups as Cgroups
+    await cgroups.ensure(this.#names.pauseCgroup(container), PAUSE_LIMITS)
+    const procs = (await cgroups.limitDirs(this.#names.pauseCgroup(container))).map((d) =>
+      join(d, 'cgroup.procs'),
+    )
+    await rm(pidFile, { force: true })
+    const script =
+      'd=$1; h=$2; shift 2; for f; do echo $$ > "$f" || exit 125; done; ' +
+      'echo "$h" > /proc/sys/kernel/hostname && echo $$ > "$d/pause.pid" && exec catatonit -P'
+    const child = spawn(
+      'nsenter',
+      [
+        `--net=${netns}`,
+        '--',
+        'unshare',
+        '--uts',
+        '--ipc',
+        '--',
+        '/bin/sh',
+        '-c',
+        script,
+        'km1s-pause',
+        dir,
+        hostname,
+        ...procs,
+      ],
+      { detached: true, stdio: 'ignore' },
+    )
+    child.unref()
+    const deadline = Date.now() + START_WAIT_MS
+    while (Date.now() < deadline) {
+      const pid = await readPid(pidFile)
+      if (pid !== null) return pid
+      if (child.exitCode !== null) break
+      await sleep(2)
+    }
+    throw new Error('the pause process did not start')
+  }
+
+  async #removeResources(name: string, pausePid: number | null): Promise<void> {
+    if (this.#cgroups) {
+      await this.#cgroups.remove(this.#names.containerCgroup(name))
+    }
+    if (pausePid !== null && processAlive(pausePid)) killQuietly(pausePid, 'SIGKILL')
+    if (this.kind === 'oci') {
+      await this.#deleteOciState((id) => this.#names.parseOciId(id)?.container === name)
+      await detachContainer({
+        instance: this.#names.instance,
+        container: name,
+        hostNetns: this.#init.hostNetns,
+      })
+    } else {
+      await this.#killRecordedProcesses(name)
+    }
+    await rm(this.#names.containerDir(name), { recursive: true, force: true })
+    await rm(this.#names.containerLogDir(name), { recursive: true, force: true })
+  }
+
+  /** Without cgroups (the process runtime as non-root) the pid files are all there is. */
+  async #killRecordedProcesses(name: string): Promise<void> {
+    const dir = this.#names.containerDir(name)
+    const procs = await readdir(dir).catch(() => [] as string[])
+    for (const p of procs) {
+      const pdir = join(dir, p)
+      const shim = await readPid(shimFile(pdir, 'shimPid'))
+      const pid = await readPid(shimFile(pdir, 'pid'))
+      if (pid !== null && shim !== null && isShimOf(shim, pdir)) killQuietly(pid, 'SIGKILL')
+      if (shim !== null && isShimOf(shim, pdir)) killQuietly(shim, 'SIGKILL')
+    }
+  }
+
+  async #deleteOciState(match: (id: string) => boolean): Promise<void> {
+    const oci = this.#oci()
+    const stateDir = oci.runtime === 'runc' ? '/run/runc' : '/run/crun'
+    const ids = (await readdir(stateDir).catch(() => [] as string[])).filter(match)
+    for (const id of ids) {
+      await run(oci.wrapper[0] ?? (oci.binary as string), [
+        ...oci.wrapper.slice(1),
+        ...(oci.wrapper.length > 0 ? [oci.binary as string] : []),
+        'delete',
+        '-f',
+        id,
+      ]).catch(() => {})
+      await rm(join(stateDir, id), { recursive: true, force: true })
+    }
+  }
+
+  /** Removes every resource of this instance that belongs to no wanted container. */
+  async #sweep(wanted: ReadonlySet<string>): Promise<void> {
+    const names = new Set<string>()
+    const n = this.#names
+    for (const c of await readdir(n.runDir).catch(() => [] as string[])) names.add(c)
+    for (const c of await readdir(n.logDir).catch(() => [] as string[])) names.add(c)
+    if (this.#cgroups) {
+      for (const path of await this.#cgroups.list(n.prefix)) {
+        const c = path.split('/')[2]
+        if (c) names.add(c)
+      }
+    }
+    if (this.kind === 'oci') {
+      for (const c of await listContainerNetns(n.instance)) names.add(c)
+    }
+    const unwanted = [...names].filter((c) => !wanted.has(c) && !c.startsWith('_'))
+    for (const c of unwanted) {
+      this.#log.info({ container: c }, 'removing what is left of a container nobody wants')
+      const pause = await readPid(join(n.containerDir(c), 'pause.pid'))
+      await this.#removeResources(c, pause !== null && this.#cgroups === undefined ? pause : null)
+    }
+    if (wanted.size === 0) await this.#cgroups?.remove(`/${n.prefix}`)
+    if (this.kind === 'oci') {
+      await this.#deleteOciState((id) => {
+        const parsed = n.parseOciId(id)
+        return parsed !== undefined && !wanted.has(parsed.container)
+      })
+      const keep = new Set([...wanted].map((c) => vethName(n.instance, c)))
+      for (const veth of await listKm1sVeths({ hostNetns: this.#init.hostNetns })) {
+        const { name } = veth
+        if (keep.has(name)) continue
+        // Another agent of the same host (the lab) names its veths alike: only ours are in this namespace.
+        await run('ip', [
+          ...(this.#init.hostNetns ? ['-n', this.#init.hostNetns] : []),
+          'link',
+          'del',
+          name,
+        ]).catch(() => {})
+      }
+    }
+  }
+
+  // --- processes --------------------------------------------------------------------------------------
+
+  #processCwd(ctr: Ctr, spec: ProcessSpec): string {
+    if (spec.cwd !== '/') return spec.cwd
+    return ctr.record.spec.artifactDir ?? '/'
+  }
+
+  #config(ctr: Ctr, spec: ProcessSpec) {
+    const { name } = ctr.record.spec
+    const dir = this.#names.containerDir(name)
+    const netns = `/run/netns/${netnsName(this.#names.instance, name)}`
+    const pause = ctr.pausePid as number
+    const args = existsSync(CATATONIT) ? [CATATONIT, '--', ...spec.args] : spec.args
+    return ociConfig({
+      container: name,
+      process: spec.name,
+      args,
+      env: spec.env,
+      cwd: spec.cwd,
+      user: spec.user ?? { uid: DEFAULT_UID, gid: DEFAULT_GID },
+      rootfs: join(dir, 'rootfs'),
+      hostname: ctr.record.spec.hostname ?? name,
+      systemPaths: presentSystemPaths(),
+      artifactDir: ctr.record.spec.artifactDir,
+      files: {
+        hosts: join(dir, 'hosts'),
+        hostname: join(dir, 'hostname'),
+        resolvConf: join(dir, 'resolv.conf'),
+      },
+      namespaces: { network: netns, uts: `/proc/${pause}/ns/uts`, ipc: `/proc/${pause}/ns/ipc` },
+      cgroupsPath: `${this.#names.processCgroup(name, spec.name)}/oci`,
+    })
+  }
+
+  /** Where args[0] is on this host, as the container will see it; undefined when nothing is there. */
+  #hostPath(ctr: Ctr, path: string): string | undefined {
+    if (this.kind === 'process') return path
+    const artifact = ctr.record.spec.artifactDir
+    if (artifact !== undefined && (path === '/app' || path.startsWith('/app/'))) {
+      return join(artifact, path.slice(4))
+    }
+    if (presentSystemPaths().some((p) => path === p || path.startsWith(`${p}/`))) return path
+    return undefined
+  }
+
+  async #precheck(ctr: Ctr, spec: ProcessSpec): Promise<ExecutableProblem | undefined> {
+    const program = spec.args[0] as string
+    const user =
+      spec.user ?? (this.kind === 'oci' ? { uid: DEFAULT_UID, gid: DEFAULT_GID } : { uid: 0, gid: 0 })
+    const candidates = program.includes('/')
+      ? [program.startsWith('/') ? program : join(spec.cwd, program)]
+      : (spec.env.PATH ?? DEFAULT_PATH_ENV).split(':').map((d) => join(d, program))
+    for (const candidate of candidates) {
+      const host = this.#hostPath(ctr, candidate)
+      if (host === undefined) continue
+      const facts = await fileFacts(host)
+      if (facts === undefined) continue
+      return executableProblem(
+        program,
+        facts,
+        this.kind === 'process' ? { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 } : user,
+      )
+    }
+    return executableProblem(program, undefined, user)
+  }
+
+  async #startProcess(proc: Proc): Promise<void> {
+    if (this.#stopped || proc.stopping) return
+    const ctr = this.#containers.get(proc.container)
+    if (!ctr) return
+    proc.state = 'starting'
+    proc.nextStartAt = null
+    proc.pid = null
+    const dir = this.#names.processDir(proc.container, proc.spec.name)
+    const problem = await this.#precheck(ctr, proc.spec)
+    if (problem) {
+      const exit: ExitInfo = {
+        reason: problem.reason,
+        code: null,
+        signal: null,
+        message: problem.message,
+        at: new Date().toISOString(),
+      }
+      proc.log.note(`km1s: cannot start ${proc.spec.name}: ${problem.message}`)
+      this.#afterExit(proc, exit, 0)
+      return
+    }
+    await rm(shimFile(dir, 'exit'), { force: true })
+    await rm(shimFile(dir, 'pid'), { force: true })
+    await rm(shimFile(dir, 'shimPid'), { force: true })
+    let argv: string[]
+    let env: Record<string, string>
+    let cwd = '/'
+    let cgroupProcs: string[] = []
+    if (this.kind === 'oci') {
+      const cgroups = this.#cgroups as Cgroups
+      if (ctr.pausePid === null || !processAlive(ctr.pausePid)) {
+        ctr.pausePid = await this.#ensurePause(proc.container, ctr.record.spec.hostname ?? proc.container)
+      }
+      await cgroups.ensure(this.#names.processCgroup(proc.container, proc.spec.name), proc.spec.limits)
+      await cgroups.ensure(this.#names.shimCgroup(proc.container), SHIM_LIMITS)
+      proc.oomBaseline = await cgroups.oomKills(this.#names.processCgroup(proc.container, proc.spec.name))
+      cgroupProcs = (await cgroups.limitDirs(this.#names.shimCgroup(proc.container))).map((d) =>
+        join(d, 'cgroup.procs'),
+      )
+      await resetPeak(cgroups, this.#names.processCgroup(proc.container, proc.spec.name))
+      await writeFile(join(dir, 'config.json'), JSON.stringify(this.#config(ctr, proc.spec)))
+      const oci = this.#oci()
+      const id = this.#names.ociId(proc.container, proc.spec.name)
+      await this.#deleteOciState((other) => other === id)
+      argv = [
+        ...oci.wrapper,
+        oci.binary as string,
+        'run',
+        '--pid-file',
+        shimFile(dir, 'pid'),
+        '--bundle',
+        dir,
+        id,
+      ]
+      env = { PATH: DEFAULT_PATH_ENV }
+    } else {
+      // The inner sh records the pid of the command itself (it execs into it), for signals and exec.
+      argv = ['/bin/sh', '-c', 'echo $$ > "$0" && exec "$@"', shimFile(dir, 'pid'), ...proc.spec.args]
+      env = { PATH: DEFAULT_PATH_ENV, ...proc.spec.env }
+      cwd = this.#processCwd(ctr, proc.spec)
+    }
+    proc.startedAt = Date.now()
+    let shim: ReturnType<typeof spawnShim>
+    try {
+      shim = spawnShim({ dir, cgroupProcs, argv, env, cwd })
+    } catch (err) {
+      this.#afterExit(
+        proc,
+        {
+          reason: 'start-failed',
+          code: null,
+          signal: null,
+          message: `the supervisor could not start: ${err instanceof Error ? err.message : String(err)}`,
+          at: new Date().toISOString(),
+        },
+        0,
+      )
+      return
+    }
+    proc.shimPid = shim.pid
+    proc.ended = shim.exited
+    void shim.exited.then(() => this.#onShimEnded(proc, shim.pid))
+    // Running once the runtime wrote the pid file, or the shim already ended (then #onShimEnded tells why).
+    const deadline = Date.now() + START_WAIT_MS
+    let ended = false
+    void shim.exited.then(() => {
+      ended = true
+    })
+    while (!ended && Date.now() < deadline) {
+      const pid = await readPid(shimFile(dir, 'pid'))
+      if (pid !== null) {
+        if (proc.shimPid === shim.pid && proc.state === 'starting') {
+          proc.pid = pid
+          proc.state = 'running'
+        }
+        return
+      }
+      await sleep(2)
+    }
+  }
+
+  /** After an agent restart: a shim still running is watched again; one that ended tells how. */
+  async #adopt(proc: Proc): Promise<boolean> {
+    const dir = this.#names.processDir(proc.container, proc.spec.name)
+    const shim = await readPid(shimFile(dir, 'shimPid'))
+    if (shim !== null && isShimOf(shim, dir)) {
+      proc.shimPid = shim
+      proc.pid = await readPid(shimFile(dir, 'pid'))
+      proc.state = proc.pid === null ? 'starting' : 'running'
+      proc.startedAt = Date.now()
+      if (this.#cgroups) {
+        const path = this.#names.processCgroup(proc.container, proc.spec.name)
+        proc.oomBaseline = await this.#cgroups.oomKills(path)
+      }
+      proc.ended = waitForExit(shim, dir, this.#init.adoptPollMs ?? 250)
+      void proc.ended.then(() => this.#onShimEnded(proc, shim))
+      this.#log.info(
+        { container: proc.container, process: proc.spec.name, pid: proc.pid },
+        'adopted a running process',
+      )
+      return true
+    }
+    const code = await readExitCode(dir)
+    if (code !== undefined) {
+      // It ended while no agent was watching: record it and let the policy decide.
+      await this.#finishExit(proc, code)
+      return true
+    }
+    // Neither running nor ended: a start cut short by a crash. Whatever it left is killed first.
+    if (this.#cgroups) {
+      await this.#cgroups.remove(this.#names.processCgroup(proc.container, proc.spec.name))
+    }
+    return false
+  }
+
+  async #onShimEnded(proc: Proc, shimPid: number): Promise<void> {
+    if (proc.shimPid !== shimPid || this.#stopped) return
+    const dir = this.#names.processDir(proc.container, proc.spec.name)
+    await this.#finishExit(proc, (await readExitCode(dir)) ?? null)
+  }
+
+  async #finishExit(proc: Proc, code: number | null): Promise<void> {
+    let oomKilled = false
+    if (this.#cgroups && this.kind === 'oci') {
+      const path = this.#names.processCgroup(proc.container, proc.spec.name)
+      const kills = await this.#cgroups.oomKills(path)
+      // cgroup v2 counts OOM kills in the parent, which outlives crun's leaf. v1 counts them only in the
+      // leaf, which crun deletes as the process ends (docs/runtime.md, "Cgroups"); there, SIGKILL with the
+      // memory peak at the limit is the sign (measured: the parent's failcnt stays 0, its peak = limit).
+      const peak = (await this.#cgroups.memoryPeak(path)) ?? 0
+      const atLimit = peak >= proc.spec.limits.memoryBytes - 64 * 1024
+      oomKilled = kills > proc.oomBaseline || (code === 128 + 9 && atLimit)
+      proc.oomBaseline = kills
+    }
+    const exit = classifyExit({
+      code,
+      stoppedByUs: proc.stopping,
+      oomKilled,
+      memoryLimit: proc.spec.limits.memoryBytes,
+      at: new Date(),
+    })
+    proc.shimPid = null
+    proc.pid = null
+    proc.log.note(`km1s: ${proc.spec.name} ${exit.message}`)
+    this.#afterExit(proc, exit, Date.now() - proc.startedAt)
+  }
+
+  #afterExit(proc: Proc, exit: ExitInfo, ranForMs: number): void {
+    proc.lastExit = exit
+    proc.pid = null
+    if (proc.stopping || this.#stopped || !shouldRestart(proc.spec.restart, exit)) {
+      proc.state = 'exited'
+      return
+    }
+    if (ranForMs >= BACKOFF_RESET_AFTER_MS) proc.failures = 0
+    const delay = backoffDelay(proc.failures)
+    proc.failures++
+    proc.state = 'backoff'
+    proc.nextStartAt = Date.now() + delay
+    this.#log.info(
+      { container: proc.container, process: proc.spec.name, reason: exit.reason, delayMs: delay },
+      'process ended; restarting after a back-off',
+    )
+    proc.timer = setTimeout(() => {
+      proc.timer = undefined
+      proc.restarts++
+      void this.#startProcess(proc).catch((err) => {
+        this.#log.error({ err: String(err), process: proc.spec.name }, 'restart failed')
+      })
+    }, delay)
+    proc.timer.unref()
+  }
+
+  /** TERM, the process's grace, then KILL; resolves when its shim has ended. */
+  async #stopProcess(proc: Proc): Promise<void> {
+    proc.stopping = true
+    clearTimeout(proc.timer)
+    proc.timer = undefined
+    const ended = proc.ended
+    if (proc.shimPid === null || ended === undefined) {
+      proc.state = 'exited'
+      return
+    }
+    proc.state = 'stopping'
+    const dir = this.#names.processDir(proc.container, proc.spec.name)
+    const pid = proc.pid ?? (await readPid(shimFile(dir, 'pid')))
+    if (pid !== null) killQuietly(pid, 'SIGTERM')
+    const graceful = await Promise.race([
+      ended.then(() => true),
+      sleep(proc.spec.stopGraceMs).then(() => false),
+    ])
+    if (!graceful) {
+      if (pid !== null) killQuietly(pid, 'SIGKILL')
+      if (this.#cgroups) {
+        for (const p of await this.#cgroups.procs(
+          this.#names.processCgroup(proc.container, proc.spec.name),
+        )) {
+          killQuietly(p, 'SIGKILL')
+        }
+      }
+      await Promise.race([ended, sleep(2_000)])
+    }
+    proc.state = 'exited'
+  }
+
+  #status(ctr: Ctr): ContainerStatus {
+    const processes: ProcessStatus[] = ctr.record.spec.processes.map((ps) => {
+      const p = ctr.procs.get(ps.name)
+      return {
+        name: ps.name,
+        state: p?.state ?? 'starting',
+        pid: p?.pid ?? null,
+        restarts: p?.restarts ?? 0,
+        lastExit: p?.lastExit ?? null,
+        nextStartAt: p?.nextStartAt ? new Date(p.nextStartAt).toISOString() : null,
+      }
+    })
+    const running = processes.filter((p) => p.state === 'running').length
+    const state: ContainerStatus['state'] =
+      ctr.state !== 'running'
+        ? ctr.state
+        : running === processes.length
+          ? 'running'
+          : processes.every((p) => p.state === 'exited')
+            ? 'exited'
+            : 'degraded'
+    return {
+      name: ctr.record.spec.name,
+      state,
+      ip: ctr.record.ip,
+      processes,
+      error: ctr.error,
+      createdAt: ctr.record.createdAt,
+    }
+  }
+}
+
+// --- small host helpers -----------------------------------------------------------------------------------
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms))
+}
+
+function killQuietly(pid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(pid, signal)
+  } catch {
+    // gone already
+  }
+}
+
+async function readPid(path: string): Promise<number | null> {
+  try {
+    const text = (await readFile(path, 'utf8')).trim()
+    const pid = Number(text)
+    return Number.isInteger(pid) && pid > 1 ? pid : null
+  } catch {
+    return null
+  }
+}
+
+async function readExitCode(dir: string): Promise<number | undefined> {
+  try {
+    const text = (await readFile(shimFile(dir, 'exit'), 'utf8')).trim()
+    const code = Number(text)
+    return text !== '' && Number.isInteger(code) && code >= 0 && code <= 255 ? code : undefined
+  } catch {
+    return undefined
+  }
+}
+
+/** The pid is our shim for `dir`, not a stranger that got the pid after it: its argv names the dir. */
+function isShimOf(pid: number, dir: string): boolean {
+  try {
+    const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')
+    return argv.includes('km1s-shim') && argv.includes(dir)
+  } catch {
+    return false
+  }
+}
+
+/** The pid is the pause process of this network namespace. */
+function isPauseOf(pid: number, netnsFile: string): boolean {
+  try {
+    const comm = readFileSync(`/proc/${pid}/comm`, 'utf8').trim()
+    if (comm !== 'catatonit') return false
+    return readlinkSync(`/proc/${pid}/ns/net`) === `net:[${statSync(netnsFile).ino}]`
+  } catch {
+    return false
+  }
+}
+
+/** v1: the peak memory watermark starts again at each start (0 resets it); v2 keeps counting OOM kills. */
+async function resetPeak(cgroups: Cgroups, path: string): Promise<void> {
+  for (const dir of await cgroups.limitDirs(path)) {
+    await writeFile(join(dir, 'memory.max_usage_in_bytes'), '0').catch(() => {})
+  }
+}
+
+function waitForExit(pid: number, dir: string, pollMs: number): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setInterval(() => {
+      if (!isShimOf(pid, dir)) {
+        clearInterval(timer)
+        resolve()
+      }
+    }, pollMs)
+    timer.unref()
+  })
+}
+
+async function fileFacts(path: string): Promise<FileFacts | undefined> {
+  try {
+    const st = await stat(path)
+    const kind = st.isFile() ? 'file' : st.isDirectory() ? 'directory' : 'other'
+    let head = new Uint8Array(0)
+    if (kind === 'file') {
+      const fh = await open(path, 'r')
+      try {
+        const buf = new Uint8Array(20)
+        const { bytesRead } = await fh.read(buf, 0, 20, 0)
+        head = buf.subarray(0, bytesRead)
+      } finally {
+        await fh.close()
+      }
+    }
+    return { kind, mode: st.mode, uid: st.uid, gid: st.gid, head }
+  } catch {
+    return undefined
+  }
+}
+
+async function writeDurable(path: string, text: string): Promise<void> {
+  const tmp = `${path}.tmp`
+  const fh = await open(tmp, 'w', 0o600)
+  try {
+    await fh.writeFile(text)
+    await fh.sync()
+  } finally {
+    await fh.close()
+  }
+  await rename(tmp, path)
+}
