@@ -3,7 +3,7 @@
 // kinds: `oci` (crun/runc: namespaces, read-only root, cgroup limits) and `process` (plain processes,
 // nothing isolated: for hosts without root or without an OCI runtime). docs/runtime.md has the picture.
 import { execFile, spawn } from 'node:child_process'
-import { existsSync, readFileSync, readlinkSync, statSync } from 'node:fs'
+import { existsSync, readFileSync } from 'node:fs'
 import { mkdir, open, readdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
@@ -102,6 +102,8 @@ interface Proc {
   nextStartAt: number | null
   startedAt: number
   oomBaseline: number
+  /** Its cgroup (and the container's shim cgroup) exist with the limits. */
+  cgroupReady: boolean
   stopping: boolean
   timer: NodeJS.Timeout | undefined
   log: ProcessLog
@@ -350,104 +352,135 @@ export class ContainerRuntime implements Runtime {
   /** Makes (or, when adopting, checks and repairs) everything a container needs, then its processes. */
   async #bringUp(ctr: Ctr, adopting: boolean): Promise<void> {
     const { spec } = ctr.record
+    const t0 = performance.now()
+    const logDir = this.#names.containerLogDir(spec.name)
+    // The container (files, network, pause) and each process's directory, FIFOs and log are independent:
+    // made at the same time, they cost the slowest of them rather than the sum (docs/benchmarks.md).
+    const fifos = spec.processes.flatMap((ps) => {
+      const dir = this.#names.processDir(spec.name, ps.name)
+      return [shimFile(dir, 'stdout'), shimFile(dir, 'stderr')]
+    })
+    const prepared = Promise.all([
+      mkdir(logDir, { recursive: true, mode: 0o700 }),
+      ...spec.processes.map((ps) =>
+        mkdir(this.#names.processDir(spec.name, ps.name), { recursive: true, mode: 0o700 }),
+      ),
+    ]).then(() => {
+      const container = this.#prepareContainer(ctr, fifos)
+      return Promise.all([
+        container,
+        ...spec.processes.map((ps) => this.#prepareProcess(ctr, ps, logDir, container)),
+      ])
+    })
     try {
-      await this.#prepareContainer(ctr)
+      await prepared
     } catch (err) {
       ctr.state = 'failed'
       ctr.error = `the container could not be made: ${err instanceof Error ? err.message : String(err)}`
       this.#log.error({ container: spec.name, err: ctr.error }, 'container failed')
       return
     }
-    const logDir = this.#names.containerLogDir(spec.name)
-    await mkdir(logDir, { recursive: true, mode: 0o700 })
+    const t1 = performance.now()
     await Promise.all(
-      spec.processes.map(async (ps) => {
-        const proc: Proc = {
-          container: spec.name,
-          spec: ps,
-          state: 'starting',
-          pid: null,
-          shimPid: null,
-          restarts: 0,
-          failures: 0,
-          lastExit: null,
-          nextStartAt: null,
-          startedAt: Date.now(),
-          oomBaseline: 0,
-          stopping: false,
-          timer: undefined,
-          log: new ProcessLog({ dir: logDir, process: ps.name, log: this.#log }),
-          ended: undefined,
-        }
-        ctr.procs.set(ps.name, proc)
-        const dir = this.#names.processDir(spec.name, ps.name)
-        await mkdir(dir, { recursive: true, mode: 0o700 })
-        await makeFifo(shimFile(dir, 'stdout'))
-        await makeFifo(shimFile(dir, 'stderr'))
-        proc.log.attach('stdout', shimFile(dir, 'stdout'))
-        proc.log.attach('stderr', shimFile(dir, 'stderr'))
+      [...ctr.procs.values()].map(async (proc) => {
         if (adopting && (await this.#adopt(proc))) return
         await this.#startProcess(proc)
       }),
     )
     ctr.state = 'running'
+    this.#log.debug(
+      { container: spec.name, prepareMs: Math.round(t1 - t0), startMs: Math.round(performance.now() - t1) },
+      adopting ? 'container adopted' : 'container created',
+    )
   }
 
-  async #prepareContainer(ctr: Ctr): Promise<void> {
+  /** Its cgroup at once; its FIFOs once `container` is ready (the oci pause process makes them). */
+  async #prepareProcess(ctr: Ctr, ps: ProcessSpec, logDir: string, container: Promise<void>): Promise<void> {
+    const proc: Proc = {
+      container: ctr.record.spec.name,
+      spec: ps,
+      state: 'starting',
+      pid: null,
+      shimPid: null,
+      restarts: 0,
+      failures: 0,
+      lastExit: null,
+      nextStartAt: null,
+      startedAt: Date.now(),
+      oomBaseline: 0,
+      cgroupReady: false,
+      stopping: false,
+      timer: undefined,
+      log: new ProcessLog({ dir: logDir, process: ps.name, log: this.#log }),
+      ended: undefined,
+    }
+    ctr.procs.set(ps.name, proc)
+    const dir = this.#names.processDir(ctr.record.spec.name, ps.name)
+    if (this.#cgroups && this.kind === 'oci') {
+      await this.#cgroups.ensure(this.#names.processCgroup(ctr.record.spec.name, ps.name), ps.limits)
+      proc.cgroupReady = true
+    }
+    await container
+    await Promise.all([makeFifo(shimFile(dir, 'stdout')), makeFifo(shimFile(dir, 'stderr'))])
+    proc.log.attach('stdout', shimFile(dir, 'stdout'))
+    proc.log.attach('stderr', shimFile(dir, 'stderr'))
+  }
+
+  async #prepareContainer(ctr: Ctr, fifos: string[]): Promise<void> {
     const { spec, ip } = ctr.record
     const dir = this.#names.containerDir(spec.name)
     await mkdir(dir, { recursive: true, mode: 0o711 })
     if (this.kind === 'process') return
     const hostname = spec.hostname ?? spec.name
-    await prepareRootfs(join(dir, 'rootfs'))
-    await writeFile(join(dir, 'hostname'), renderHostname(hostname))
-    await writeFile(join(dir, 'hosts'), renderHosts(hostname, ip === null ? [] : [{ ip, names: [hostname] }]))
-    await writeFile(
-      join(dir, 'resolv.conf'),
-      renderResolvConf({ nameservers: [bridgeAddress(this.#subnet)], search: ['km1s.internal'] }),
-    )
-    await attachContainer({
-      instance: this.#names.instance,
-      container: spec.name,
-      subnet: this.#subnet,
-      ip: ip as string,
-      hostNetns: this.#init.hostNetns,
-    })
-    ctr.pausePid = await this.#ensurePause(spec.name, hostname)
+    await Promise.all([
+      prepareRootfs(join(dir, 'rootfs')),
+      writeFile(join(dir, 'hostname'), renderHostname(hostname)),
+      writeFile(join(dir, 'hosts'), renderHosts(hostname, ip === null ? [] : [{ ip, names: [hostname] }])),
+      writeFile(
+        join(dir, 'resolv.conf'),
+        renderResolvConf({ nameservers: [bridgeAddress(this.#subnet)], search: ['km1s.internal'] }),
+      ),
+      (this.#cgroups as Cgroups).ensure(this.#names.shimCgroup(spec.name), SHIM_LIMITS),
+      attachContainer({
+        instance: this.#names.instance,
+        container: spec.name,
+        subnet: this.#subnet,
+        ip: ip as string,
+        hostNetns: this.#init.hostNetns,
+      }),
+      this.#ensurePause(spec.name, hostname, fifos).then((pid) => {
+        ctr.pausePid = pid
+      }),
+    ])
   }
 
   /** The pause process holds the container's UTS (with its hostname) and IPC namespaces. */
-  async #ensurePause(container: string, hostname: string): Promise<number> {
+  async #ensurePause(container: string, hostname: string, fifos: string[] = []): Promise<number> {
     const dir = this.#names.containerDir(container)
     const pidFile = join(dir, 'pause.pid')
-    const netns = `/run/netns/${netnsName(this.#names.instance, container)}`
+    const cgroup = this.#names.pauseCgroup(container)
     const known = await readPid(pidFile)
-    if (known !== null && isPauseOf(known, netns)) return known
+    if (known !== null && isPauseOf(known, cgroup)) return known
     const cgroups = this.#cgroups as Cgroups
     await cgroups.ensure(this.#names.pauseCgroup(container), PAUSE_LIMITS)
     const procs = (await cgroups.limitDirs(this.#names.pauseCgroup(container))).map((d) =>
       join(d, 'cgroup.procs'),
     )
     await rm(pidFile, { force: true })
+    // It also makes the processes' FIFOs: one `mkfifo` from this small shell instead of one spawn each from
+    // the agent, whose fork costs milliseconds (docs/benchmarks.md).
     const script =
-      'd=$1; h=$2; shift 2; for f; do echo $$ > "$f" || exit 125; done; ' +
+      'd=$1; h=$2; n=$3; shift 3; ' +
+      'while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; n=$((n-1)); done; ' +
+      '[ $# -eq 0 ] || mkfifo -m 0600 "$@" 2>/dev/null; ' +
       'echo "$h" > /proc/sys/kernel/hostname && echo $$ > "$d/pause.pid" && exec catatonit -P'
+    // Not in the container's network namespace: it only holds UTS and IPC (processes join the network
+    // namespace by its path), so it can start while the network is still being made.
     const child = spawn(
-      'nsenter',
+      'unshare',
       [
-        `--net=${netns}`,
-        '--',
-        'unshare',
-        '--uts',
-        '--ipc',
-        '--',
-        '/bin/sh',
-        '-c',
-        script,
-        'km1s-pause',
-        dir,
-        hostname,
-        ...procs,
+        ...['--uts', '--ipc', '--', '/bin/sh', '-c', script, 'km1s-pause', dir, hostname],
+        ...[String(procs.length), ...procs, ...fifos],
       ],
       { detached: true, stdio: 'ignore' },
     )
@@ -651,17 +684,23 @@ export class ContainerRuntime implements Runtime {
       if (ctr.pausePid === null || !processAlive(ctr.pausePid)) {
         ctr.pausePid = await this.#ensurePause(proc.container, ctr.record.spec.hostname ?? proc.container)
       }
-      await cgroups.ensure(this.#names.processCgroup(proc.container, proc.spec.name), proc.spec.limits)
-      await cgroups.ensure(this.#names.shimCgroup(proc.container), SHIM_LIMITS)
-      proc.oomBaseline = await cgroups.oomKills(this.#names.processCgroup(proc.container, proc.spec.name))
-      cgroupProcs = (await cgroups.limitDirs(this.#names.shimCgroup(proc.container))).map((d) =>
-        join(d, 'cgroup.procs'),
-      )
-      await resetPeak(cgroups, this.#names.processCgroup(proc.container, proc.spec.name))
-      await writeFile(join(dir, 'config.json'), JSON.stringify(this.#config(ctr, proc.spec)))
+      const path = this.#names.processCgroup(proc.container, proc.spec.name)
+      const shimPath = this.#names.shimCgroup(proc.container)
+      if (!proc.cgroupReady) {
+        await Promise.all([cgroups.ensure(path, proc.spec.limits), cgroups.ensure(shimPath, SHIM_LIMITS)])
+        proc.cgroupReady = true
+      }
       const oci = this.#oci()
       const id = this.#names.ociId(proc.container, proc.spec.name)
-      await this.#deleteOciState((other) => other === id)
+      const [kills, shimDirs] = await Promise.all([
+        cgroups.oomKills(path),
+        cgroups.limitDirs(shimPath),
+        resetPeak(cgroups, path),
+        writeFile(join(dir, 'config.json'), JSON.stringify(this.#config(ctr, proc.spec))),
+        this.#deleteOciState((other) => other === id),
+      ])
+      proc.oomBaseline = kills
+      cgroupProcs = shimDirs.map((d) => join(d, 'cgroup.procs'))
       argv = [
         ...oci.wrapper,
         oci.binary as string,
@@ -749,6 +788,7 @@ export class ContainerRuntime implements Runtime {
     // Neither running nor ended: a start cut short by a crash. Whatever it left is killed first.
     if (this.#cgroups) {
       await this.#cgroups.remove(this.#names.processCgroup(proc.container, proc.spec.name))
+      proc.cgroupReady = false
     }
     return false
   }
@@ -919,12 +959,13 @@ function isShimOf(pid: number, dir: string): boolean {
   }
 }
 
-/** The pid is the pause process of this network namespace. */
-function isPauseOf(pid: number, netnsFile: string): boolean {
+/** The pid is the pause process of this container: catatonit in the container's `_pause` cgroup. */
+function isPauseOf(pid: number, cgroup: string): boolean {
   try {
-    const comm = readFileSync(`/proc/${pid}/comm`, 'utf8').trim()
-    if (comm !== 'catatonit') return false
-    return readlinkSync(`/proc/${pid}/ns/net`) === `net:[${statSync(netnsFile).ino}]`
+    if (readFileSync(`/proc/${pid}/comm`, 'utf8').trim() !== 'catatonit') return false
+    return readFileSync(`/proc/${pid}/cgroup`, 'utf8')
+      .split('\n')
+      .some((line) => line.endsWith(`:${cgroup}`))
   } catch {
     return false
   }
