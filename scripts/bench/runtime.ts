@@ -1,7 +1,7 @@
 // Runtime benchmark: create → process running (p50/p99) for 1 container at a time and for 20 at once, beside
 // bare `crun run -d` of the same binary with the same kind of config in the same run (a ratio); stop latency;
 // the agent's memory per running container. Needs root. Usage: scripts/bench/runtime [--quick]
-import { spawnSync } from 'node:child_process'
+import { execFileSync, spawn, spawnSync } from 'node:child_process'
 import { closeSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { detectOciRuntime } from '../../src/runtime/detect.ts'
@@ -83,6 +83,77 @@ async function bareCrun(runs: number): Promise<{ run: number[]; stop: number[] }
   return { run, stop }
 }
 
+/** The same, BATCH at once (each from its own bundle), as km1s is asked for BATCH at once. */
+async function bareCrunBatch(rounds: number): Promise<number[]> {
+  const oci = await detectOciRuntime()
+  const base = `/tmp/km1s-bench-batch-${process.pid}`
+  rmSync(base, { recursive: true, force: true })
+  mkdirSync(base, { recursive: true })
+  await prepareRootfs(join(base, 'rootfs'))
+  for (const f of ['hosts', 'hostname', 'resolv.conf']) writeFileSync(join(base, f), 'x\n')
+  const argv = (...a: string[]) => [...oci.wrapper, oci.binary as string, ...a]
+  const times: number[] = []
+  try {
+    for (let r = 0; r < rounds; r++) {
+      const ids = Array.from({ length: BATCH }, (_, i) => `km1s-bench-batch-${process.pid}-${r}-${i}`)
+      for (const id of ids) {
+        const bundle = join(base, id)
+        mkdirSync(bundle)
+        const config = ociConfig({
+          container: 'bare',
+          process: 'main',
+          args: ['/bin/sleep', '600'],
+          limits: { memoryBytes: 16 * MiB, pids: 16 },
+          rootfs: join(base, 'rootfs'),
+          hostname: 'bare',
+          systemPaths: presentSystemPaths(),
+          files: {
+            hosts: join(base, 'hosts'),
+            hostname: join(base, 'hostname'),
+            resolvConf: join(base, 'resolv.conf'),
+          },
+          namespaces: { network: 'new', uts: 'new', ipc: 'new' },
+          cgroupsPath: `/${id}`,
+        })
+        writeFileSync(join(bundle, 'config.json'), JSON.stringify(config))
+      }
+      await Promise.all(
+        ids.map(
+          (id) =>
+            new Promise<void>((resolve, reject) => {
+              const [file, ...args] = argv('run', '-d', '--bundle', join(base, id), id)
+              const t = performance.now()
+              const child = spawn(file as string, args, { stdio: 'ignore' })
+              child.on('exit', (code) => {
+                times.push(performance.now() - t)
+                code === 0 ? resolve() : reject(new Error(`bare crun ${id} exited ${code}`))
+              })
+            }),
+        ),
+      )
+      for (const id of ids) {
+        const [df, ...da] = argv('delete', '-f', id)
+        spawnSync(df as string, da, { stdio: 'ignore' })
+      }
+    }
+  } finally {
+    rmSync(base, { recursive: true, force: true })
+  }
+  return times
+}
+
+/** RSS of what keeps each container going outside the agent: shims, `crun run`, pause processes. */
+function supervisionRss(runDir: string): number {
+  let total = 0
+  for (const line of execFileSync('ps', ['-eo', 'rss=,pid=,args='], { encoding: 'utf8' }).split('\n')) {
+    const [rss, pid] = line.trim().split(/\s+/)
+    if (!rss || !pid) continue
+    const own = line.includes(runDir) || line.includes(' catatonit -P')
+    if (own) total += Number(rss) * 1024
+  }
+  return total
+}
+
 async function km1sLatencies(): Promise<{
   single: number[]
   batch: number[]
@@ -125,7 +196,12 @@ async function km1sLatencies(): Promise<{
   return { single, batch, stop, leftovers: left }
 }
 
-async function agentMemory(): Promise<{ idle: number; loaded: number; containers: number }> {
+async function agentMemory(): Promise<{
+  idle: number
+  loaded: number
+  containers: number
+  supervision: number
+}> {
   const lab = await createLab({ nodes: 1, name: 'rtbench' })
   const node = lab.node(1)
   try {
@@ -142,12 +218,13 @@ async function agentMemory(): Promise<{ idle: number; loaded: number; containers
     for (let i = 0; i < BATCH; i++) await km1sOk(node, ['containers', 'create', '-f', specFile(`m${i}`)])
     await new Promise((r) => setTimeout(r, 3000))
     const loaded = await rss()
+    const supervision = supervisionRss(join(node.dataDir, '..', `${node.name}-run`))
     for (let i = 0; i < BATCH; i++) await km1sOk(node, ['containers', 'rm', `m${i}`])
     const id = JSON.parse(await km1sOk(node, ['status', '--json'])).id
     await node.stop()
     const left = census(instanceId(id), join(node.dataDir, '..', `${node.name}-run`), undefined)
     if (Object.values(left).flat().length > 0) log(`leftovers after the memory run: ${JSON.stringify(left)}`)
-    return { idle, loaded, containers: BATCH }
+    return { idle, loaded, containers: BATCH, supervision }
   } finally {
     await lab.down()
   }
@@ -160,6 +237,7 @@ async function main(): Promise<void> {
   )
   const bare = await bareCrun(SINGLE_RUNS)
   log(`bare crun: p50 ${percentile(bare.run, 50).toFixed(1)} ms`)
+  const bareBatch = await bareCrunBatch(BATCH_RUNS)
   const k = await km1sLatencies()
   log(`km1s: p50 ${percentile(k.single, 50).toFixed(1)} ms`)
   const mem = await agentMemory()
@@ -207,10 +285,15 @@ async function main(): Promise<void> {
     },
     { metric: 'agent RSS, idle with the runtime', value: mem.idle / MiB, unit: 'MiB' },
     { metric: `agent RSS per running container (${BATCH})`, value: perContainer / MiB, unit: 'MiB' },
+    {
+      metric: 'shim + crun run + pause RSS per container',
+      value: mem.supervision / mem.containers / MiB,
+      unit: 'MiB',
+    },
     { metric: 'leftovers after the latency runs', value: k.leftovers, unit: 'resources', target: '0' },
   ]
   printRows('km1s runtime (oci) vs bare crun run -d', rows)
-  const file = writeJson('runtime', { started, quick, rows, raw: { bare, km1s: k, memory: mem } })
+  const file = writeJson('runtime', { started, quick, rows, raw: { bare, bareBatch, km1s: k, memory: mem } })
   log(`\nwrote ${file}`)
 }
 

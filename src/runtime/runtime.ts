@@ -417,7 +417,10 @@ export class ContainerRuntime implements Runtime {
     ctr.procs.set(ps.name, proc)
     const dir = this.#names.processDir(ctr.record.spec.name, ps.name)
     if (this.#cgroups && this.kind === 'oci') {
-      await this.#cgroups.ensure(this.#names.processCgroup(ctr.record.spec.name, ps.name), ps.limits)
+      await Promise.all([
+        this.#cgroups.ensure(this.#names.processCgroup(ctr.record.spec.name, ps.name), ps.limits),
+        prepareRootfs(join(dir, 'rootfs')),
+      ])
       proc.cgroupReady = true
     }
     await container
@@ -433,7 +436,6 @@ export class ContainerRuntime implements Runtime {
     if (this.kind === 'process') return
     const hostname = spec.hostname ?? spec.name
     await Promise.all([
-      prepareRootfs(join(dir, 'rootfs')),
       writeFile(join(dir, 'hostname'), renderHostname(hostname)),
       writeFile(join(dir, 'hosts'), renderHosts(hostname, ip === null ? [] : [{ ip, names: [hostname] }])),
       writeFile(
@@ -605,7 +607,9 @@ export class ContainerRuntime implements Runtime {
       env: spec.env,
       cwd: spec.cwd,
       user: spec.user ?? { uid: DEFAULT_UID, gid: DEFAULT_GID },
-      rootfs: join(dir, 'rootfs'),
+      // One empty root per process: crun makes the mount points in it, and two cruns making them in a
+      // shared one at the same time fail with "cannot mkdir `proc`: File exists" (seen).
+      rootfs: join(this.#names.processDir(name, spec.name), 'rootfs'),
       hostname: ctr.record.spec.hostname ?? name,
       systemPaths: presentSystemPaths(),
       artifactDir: ctr.record.spec.artifactDir,

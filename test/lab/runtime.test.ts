@@ -82,6 +82,11 @@ for (const kind of ['process', 'oci'] as const) {
       await waitState(rt, 'multi', (c) => c.state === 'running', 'multi running')
       const st = rt.get('multi')
       assert.ok(st?.processes.every((p) => p.pid !== null && p.pid > 1))
+      // Both started at once and neither failed on the way (two cruns once raced over a shared root).
+      assert.ok(
+        st?.processes.every((p) => p.restarts === 0 && p.lastExit === null),
+        JSON.stringify(st),
+      )
       if (kind === 'oci') assert.match(st?.ip ?? '', /^10\.42\.0\.\d+$/)
       await until('both lines logged', async () => {
         const text = await logText(rt, 'multi')
