@@ -869,10 +869,22 @@ export class ContainerRuntime implements Runtime {
     const dir = this.#names.processDir(proc.container, proc.spec.name)
     const pid = proc.pid ?? (await readPid(shimFile(dir, 'pid')))
     if (pid !== null) killQuietly(pid, 'SIGTERM')
+    // A PID 1 drops a signal it has no handler for yet: a TERM that arrives while crun still prepares the
+    // container, or before catatonit set up its handlers, is lost (seen: a stop right after a create
+    // waited the whole grace). A young process gets it again, twice.
+    const young = Date.now() - proc.startedAt < 2_000
+    const resend = young
+      ? [100, 400].map((ms) =>
+          setTimeout(() => {
+            if (pid !== null && proc.shimPid !== null) killQuietly(pid, 'SIGTERM')
+          }, ms),
+        )
+      : []
     const graceful = await Promise.race([
       ended.then(() => true),
       sleep(proc.spec.stopGraceMs).then(() => false),
     ])
+    for (const timer of resend) clearTimeout(timer)
     if (!graceful) {
       if (pid !== null) killQuietly(pid, 'SIGKILL')
       if (this.#cgroups) {

@@ -1,28 +1,12 @@
 // Runs the OCI runtime probe for real and checks that it explains itself and leaves nothing behind.
 import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
-import { type Dirent, readdirSync } from 'node:fs'
-import { join } from 'node:path'
 import { describe, it } from 'node:test'
 import { detectOciRuntime, PROBE_PREFIX } from '../../src/runtime/detect.ts'
+import { findNamed } from './runtime-fixture.ts'
 
 const isRoot = process.getuid?.() === 0
 const needsRoot = isRoot ? false : 'the runtime probe needs root: run the lab tests as root'
-
-function findNamed(dir: string, prefix: string, depth: number): string[] {
-  if (depth < 0) return []
-  let entries: Dirent[] = []
-  try {
-    entries = readdirSync(dir, { withFileTypes: true })
-  } catch {
-    return []
-  }
-  return entries.flatMap((e) => {
-    const path = join(dir, e.name)
-    const own = e.name.startsWith(prefix) ? [path] : []
-    return e.isDirectory() ? [...own, ...findNamed(path, prefix, depth - 1)] : own
-  })
-}
 
 function leftovers(): string[] {
   const processes = execFileSync('ps', ['-eo', 'pid=,args='], { encoding: 'utf8' })

@@ -82,7 +82,8 @@ export async function runtimeHarness(kind: 'oci' | 'process'): Promise<RuntimeHa
   return h
 }
 
-function findNamed(dir: string, prefix: string, depth: number): string[] {
+/** Paths below `dir` (up to `depth` levels) whose last part starts with `prefix`. */
+export function findNamed(dir: string, prefix: string, depth: number): string[] {
   if (depth < 0) return []
   let entries: Dirent[] = []
   try {
