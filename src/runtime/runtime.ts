@@ -210,11 +210,24 @@ export class ContainerRuntime implements Runtime {
       const used = new Set([...this.#containers.values()].map((c) => c.record.ip).filter((ip) => ip !== null))
       const ip = this.kind === 'oci' ? allocateAddress(this.#subnet, used) : null
       const record: ContainerRecord = { spec, ip, createdAt: new Date().toISOString() }
-      // Wanted before made: a crash from here on is finished (or undone) by the next start's adoption.
-      await writeDurable(this.#names.specFile(spec.name), JSON.stringify(record))
+      // The record is on disk before the create returns, written while the container is made: an fsync on
+      // an SD card takes tens of ms. A crash before the record exists leaves parts nobody wants, which the
+      // next start sweeps (the caller saw no success); after, the next start adopts or finishes it.
+      const durable = writeDurable(this.#names.specFile(spec.name), JSON.stringify(record)).then(
+        () => undefined,
+        (err: unknown) => err,
+      )
       const ctr: Ctr = { record, state: 'creating', error: null, procs: new Map(), pausePid: null }
       this.#containers.set(spec.name, ctr)
       await this.#bringUp(ctr, false)
+      const failed = await durable
+      if (failed !== undefined) {
+        await this.#teardown(ctr)
+        throw new Km1sError(
+          'ERR_DISK',
+          `Cannot record container ${spec.name} on disk (${failed instanceof Error ? failed.message : String(failed)}); nothing was started.`,
+        )
+      }
       return this.#status(ctr)
     })
   }
@@ -223,16 +236,21 @@ export class ContainerRuntime implements Runtime {
     await this.#withLock(name, async () => {
       const ctr = this.#containers.get(name)
       if (!ctr) throw new Km1sError('ERR_NOT_FOUND', `There is no container named ${name} on this node.`)
-      ctr.state = 'removing'
-      // Unwanted before unmade: a crash from here on is finished by the next start's sweep.
-      await unlink(this.#names.specFile(name)).catch(() => {})
-      await Promise.all([...ctr.procs.values()].map((p) => this.#stopProcess(p)))
-      for (const p of ctr.procs.values()) await p.log.close()
-      await this.#removeResources(name, ctr.pausePid)
-      this.#containers.delete(name)
-      // The instance's own cgroup goes with its last container: nothing of km1s stays without a container.
-      if (this.#containers.size === 0) await this.#cgroups?.remove(`/${this.#names.prefix}`)
+      await this.#teardown(ctr)
     })
+  }
+
+  /** Stops and removes everything of a container; its record first, so a crash meanwhile is swept. */
+  async #teardown(ctr: Ctr): Promise<void> {
+    const { name } = ctr.record.spec
+    ctr.state = 'removing'
+    await unlink(this.#names.specFile(name)).catch(() => {})
+    await Promise.all([...ctr.procs.values()].map((p) => this.#stopProcess(p)))
+    for (const p of ctr.procs.values()) await p.log.close()
+    await this.#removeResources(name, ctr.pausePid)
+    this.#containers.delete(name)
+    // The instance's own cgroup goes with its last container: nothing of km1s stays without a container.
+    if (this.#containers.size === 0) await this.#cgroups?.remove(`/${this.#names.prefix}`)
   }
 
   logs(name: string, query: LogQuery): AsyncIterable<LogEntry> {

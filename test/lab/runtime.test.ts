@@ -2,7 +2,7 @@
 // through the runtime's own interface. Then, for `oci` only and as root, the isolation and limits.
 import assert from 'node:assert/strict'
 import { existsSync, readFileSync } from 'node:fs'
-import { chmod, mkdir, writeFile } from 'node:fs/promises'
+import { chmod, mkdir, rename, rm, writeFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { createLogger } from '../../src/common/logger.ts'
@@ -291,6 +291,21 @@ for (const kind of ['process', 'oci'] as const) {
       )
       await assert.rejects(() => rt.create({ name: 'empty', processes: [] }), { code: 'ERR_INVALID' })
       await assert.rejects(() => rt.remove('nothing-here'), { code: 'ERR_NOT_FOUND' })
+      assert.equal(rt.list().length, n)
+      // A disk that refuses the record: the create fails with one sentence and leaves nothing running.
+      const specDir = h.names.specDir
+      await rename(specDir, `${specDir}.away`)
+      await writeFile(specDir, 'not a directory')
+      try {
+        await assert.rejects(() => rt.create(one('undiskable', ['/bin/sleep', '60'])), {
+          code: 'ERR_DISK',
+          message: /^Cannot record container undiskable on disk .*; nothing was started\.$/,
+        })
+      } finally {
+        await rm(specDir)
+        await rename(`${specDir}.away`, specDir)
+      }
+      assert.equal(rt.get('undiskable'), undefined)
       assert.equal(rt.list().length, n)
     })
   })
