@@ -579,6 +579,27 @@ function bareLink(name: string, ifindex: number, kind: string | null): LinkState
     inet6: [],
   }
 }
+/**
+ * The plan for a container whose namespace was made just now and holds only lo, on a host that has the
+ * bridge: what attachContainer runs on its common path. For a caller that makes the namespace itself (the
+ * runtime's pause process, in one spawn) and runs the lines there; attachContainer repairs if they fail.
+ */
+export function planFreshAttach(opts: { instance: string; container: string; subnet: string; ip: string }): {
+  netns: string
+  plan: AttachPlan
+} {
+  const subnet = parseSubnet(opts.subnet)
+  const netns = netnsName(opts.instance, opts.container)
+  const wanted: AttachWanted = {
+    netns,
+    veth: vethName(opts.instance, opts.container),
+    subnet,
+    ip: opts.ip,
+    ipv6: kernelHasIpv6(),
+  }
+  return { netns, plan: planAttach(HOST_WITH_BRIDGE, EMPTY_NETNS, wanted) }
+}
+
 const EMPTY_NETNS: NetnsState = { links: [bareLink('lo', 1, null)], routes: [] }
 const HOST_WITH_BRIDGE: NetnsState = { links: [bareLink(BRIDGE, 0, 'bridge')], routes: [] }
 

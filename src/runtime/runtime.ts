@@ -7,7 +7,7 @@ import { existsSync, readFileSync } from 'node:fs'
 import { mkdir, open, readdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
-import { Km1sError } from '../common/errors.ts'
+import { errorMessage, Km1sError } from '../common/errors.ts'
 import type { Logger } from '../common/logger.ts'
 import { processAlive } from '../common/process.ts'
 import * as z from '../common/schema.ts'
@@ -20,6 +20,7 @@ import {
   listContainerNetns,
   listKm1sVeths,
   netnsName,
+  planFreshAttach,
   vethName,
 } from '../network/container-net.ts'
 import { Cgroups } from './cgroups.ts'
@@ -384,7 +385,7 @@ export class ContainerRuntime implements Runtime {
         mkdir(this.#names.processDir(spec.name, ps.name), { recursive: true, mode: 0o700 }),
       ),
     ]).then(() => {
-      const container = this.#prepareContainer(ctr, fifos)
+      const container = this.#prepareContainer(ctr, fifos, !adopting)
       return Promise.all([
         container,
         ...spec.processes.map((ps) => this.#prepareProcess(ctr, ps, logDir, container)),
@@ -447,12 +448,39 @@ export class ContainerRuntime implements Runtime {
     proc.log.attach('stderr', shimFile(dir, 'stderr'))
   }
 
-  async #prepareContainer(ctr: Ctr, fifos: string[]): Promise<void> {
+  async #prepareContainer(ctr: Ctr, fifos: string[], fresh: boolean): Promise<void> {
     const { spec, ip } = ctr.record
     const dir = this.#names.containerDir(spec.name)
     await mkdir(dir, { recursive: true, mode: 0o711 })
     if (this.kind === 'process') return
     const hostname = spec.hostname ?? spec.name
+    const attach = () =>
+      attachContainer({
+        instance: this.#names.instance,
+        container: spec.name,
+        subnet: this.#subnet,
+        ip: ip as string,
+        hostNetns: this.#init.hostNetns,
+        log: this.#log,
+      })
+    const network = async () => {
+      if (fresh) {
+        // The fast path: the pause process makes the namespace and runs attachContainer's own plan in
+        // one spawn. Should it fail halfway, attachContainer observes and repairs, and a pause that only
+        // holds UTS and IPC is made as after a restart.
+        try {
+          ctr.pausePid = await this.#ensurePause(spec.name, hostname, fifos, ip as string)
+          return
+        } catch (err) {
+          this.#log.warn(
+            { container: spec.name, err: errorMessage(err) },
+            'making the network at once failed; repairing',
+          )
+        }
+      }
+      await attach()
+      ctr.pausePid = await this.#ensurePause(spec.name, hostname, fifos)
+    }
     await Promise.all([
       writeFile(join(dir, 'hostname'), renderHostname(hostname)),
       writeFile(join(dir, 'hosts'), renderHosts(hostname, ip === null ? [] : [{ ip, names: [hostname] }])),
@@ -461,21 +489,21 @@ export class ContainerRuntime implements Runtime {
         renderResolvConf({ nameservers: [bridgeAddress(this.#subnet)], search: ['km1s.internal'] }),
       ),
       (this.#cgroups as Cgroups).ensure(this.#names.shimCgroup(spec.name), SHIM_LIMITS),
-      attachContainer({
-        instance: this.#names.instance,
-        container: spec.name,
-        subnet: this.#subnet,
-        ip: ip as string,
-        hostNetns: this.#init.hostNetns,
-      }),
-      this.#ensurePause(spec.name, hostname, fifos).then((pid) => {
-        ctr.pausePid = pid
-      }),
+      network(),
     ])
   }
 
-  /** The pause process holds the container's UTS (with its hostname) and IPC namespaces. */
-  async #ensurePause(container: string, hostname: string, fifos: string[] = []): Promise<number> {
+  /**
+   * The pause process holds the container's UTS (with its hostname) and IPC namespaces. With `ip` (a new
+   * container) it also makes the network namespace and the container's network in the same spawn;
+   * without, it is not in the network namespace at all — processes join that by its path.
+   */
+  async #ensurePause(
+    container: string,
+    hostname: string,
+    fifos: string[] = [],
+    ip?: string,
+  ): Promise<number> {
     const dir = this.#names.containerDir(container)
     const pidFile = join(dir, 'pause.pid')
     const cgroup = this.#names.pauseCgroup(container)
@@ -487,29 +515,52 @@ export class ContainerRuntime implements Runtime {
       join(d, 'cgroup.procs'),
     )
     await rm(pidFile, { force: true })
+    const env: Record<string, string> = { PATH: DEFAULT_PATH_ENV }
+    if (ip !== undefined) {
+      const { netns, plan } = planFreshAttach({
+        instance: this.#names.instance,
+        container,
+        subnet: this.#subnet,
+        ip,
+      })
+      const hostNetns = this.#init.hostNetns
+      env.KM1S_NETNS = netns
+      env.KM1S_HOSTNS = hostNetns ? `/run/netns/${hostNetns}` : `/proc/${process.pid}/ns/net`
+      env.KM1S_FIRST = plan.containerFirst.join('\n')
+      env.KM1S_HOST = plan.host.join('\n')
+      env.KM1S_CTR = plan.container.join('\n')
+    }
     // It also makes the processes' FIFOs: one `mkfifo` from this small shell instead of one spawn each from
-    // the agent, whose fork costs milliseconds (docs/benchmarks.md).
-    const script =
-      'd=$1; h=$2; n=$3; shift 3; ' +
-      'while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; n=$((n-1)); done; ' +
-      '[ $# -eq 0 ] || mkfifo -m 0600 "$@" 2>/dev/null; ' +
-      'echo "$h" > /proc/sys/kernel/hostname && echo $$ > "$d/pause.pid" && exec catatonit -P'
-    // Not in the container's network namespace: it only holds UTS and IPC (processes join the network
-    // namespace by its path), so it can start while the network is still being made.
+    // the agent, whose fork costs milliseconds (docs/benchmarks.md). The same for the network.
+    const script = [
+      'd=$1; h=$2; n=$3; shift 3',
+      'while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; n=$((n-1)); done',
+      '[ $# -eq 0 ] || mkfifo -m 0600 "$@" 2>/dev/null',
+      'if [ -n "$KM1S_NETNS" ]; then',
+      '  ip netns attach "$KM1S_NETNS" $$ || exit 121',
+      '  [ -z "$KM1S_FIRST" ] || printf "%s\\n" "$KM1S_FIRST" | ip -batch - || exit 122',
+      '  printf "%s\\n" "$KM1S_HOST" | nsenter --net="$KM1S_HOSTNS" ip -batch - || exit 123',
+      '  printf "%s\\n" "$KM1S_CTR" | ip -batch - || exit 124',
+      'fi',
+      'unset KM1S_NETNS KM1S_HOSTNS KM1S_FIRST KM1S_HOST KM1S_CTR',
+      'echo "$h" > /proc/sys/kernel/hostname && echo $$ > "$d/pause.pid" && exec catatonit -P',
+    ].join('\n')
     const child = spawn(
       'unshare',
       [
-        ...['--uts', '--ipc', '--', '/bin/sh', '-c', script, 'km1s-pause', dir, hostname],
-        ...[String(procs.length), ...procs, ...fifos],
+        ...[...(ip !== undefined ? ['--net'] : []), '--uts', '--ipc', '--', '/bin/sh', '-c', script],
+        ...['km1s-pause', dir, hostname, String(procs.length), ...procs, ...fifos],
       ],
-      { detached: true, stdio: 'ignore' },
+      { detached: true, stdio: 'ignore', env },
     )
     child.unref()
     const deadline = Date.now() + START_WAIT_MS
     while (Date.now() < deadline) {
       const pid = await readPid(pidFile)
       if (pid !== null) return pid
-      if (child.exitCode !== null) break
+      if (child.exitCode !== null) {
+        throw new Error(`the pause process ended with status ${child.exitCode} before it was ready`)
+      }
       await sleep(2)
     }
     throw new Error('the pause process did not start')

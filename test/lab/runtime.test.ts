@@ -340,6 +340,17 @@ describe('runtime oci: isolation and limits', { skip: isRoot ? false : 'needs ro
     await rt.remove('hog')
   })
 
+  it('repairs its way past a leftover namespace file when the fast network path fails', async () => {
+    // A crash can leave /run/netns/<name> as a plain file: the pause process's `ip netns attach` refuses
+    // it, and attachContainer (which replaces such files) finishes the job.
+    await writeFile(`/run/netns/km1s-${h.instance}-stale`, '')
+    const s = await rt.create(one('stale', ['/bin/sh', '-c', 'exec sleep 600']))
+    assert.equal(s.state, 'running', JSON.stringify(s))
+    const r = await exec(rt, 'stale', ['/bin/sh', '-c', 'cat /sys/class/net/eth0/operstate'])
+    assert.equal(r.out.trim(), 'up')
+    await rt.remove('stale')
+  })
+
   it('holds the pids limit', async () => {
     await rt.create(
       one('forky', ['/bin/sh', '-c', 'for i in 1 2 3 4 5 6 7 8 9 10; do sleep 30 & done; wait'], {
