@@ -118,6 +118,8 @@ interface Ctr {
   error: string | null
   procs: Map<string, Proc>
   pausePid: number | null
+  /** Aborted when the container is removed: ends its log followers. */
+  removed: AbortController
 }
 
 export class ContainerRuntime implements Runtime {
@@ -166,7 +168,14 @@ export class ContainerRuntime implements Runtime {
     const wanted = await this.#loadRecords()
     await this.#sweep(new Set(wanted.map((r) => r.spec.name)))
     for (const record of wanted) {
-      const ctr: Ctr = { record, state: 'creating', error: null, procs: new Map(), pausePid: null }
+      const ctr: Ctr = {
+        record,
+        state: 'creating',
+        error: null,
+        procs: new Map(),
+        pausePid: null,
+        removed: new AbortController(),
+      }
       this.#containers.set(record.spec.name, ctr)
       await this.#withLock(record.spec.name, () => this.#bringUp(ctr, true))
     }
@@ -218,7 +227,14 @@ export class ContainerRuntime implements Runtime {
         () => undefined,
         (err: unknown) => err,
       )
-      const ctr: Ctr = { record, state: 'creating', error: null, procs: new Map(), pausePid: null }
+      const ctr: Ctr = {
+        record,
+        state: 'creating',
+        error: null,
+        procs: new Map(),
+        pausePid: null,
+        removed: new AbortController(),
+      }
       this.#containers.set(spec.name, ctr)
       await this.#bringUp(ctr, false)
       const failed = await durable
@@ -245,6 +261,7 @@ export class ContainerRuntime implements Runtime {
   async #teardown(ctr: Ctr): Promise<void> {
     const { name } = ctr.record.spec
     ctr.state = 'removing'
+    ctr.removed.abort()
     await unlink(this.#names.specFile(name)).catch(() => {})
     await Promise.all([...ctr.procs.values()].map((p) => this.#stopProcess(p)))
     for (const p of ctr.procs.values()) await p.log.close()
@@ -264,7 +281,11 @@ export class ContainerRuntime implements Runtime {
         `Container ${name} has no process ${query.process}; it has ${processes.join(', ')}.`,
       )
     }
-    return readLogs(this.#names.containerLogDir(name), processes, query)
+    const signals = [ctr.removed.signal, ...(query.signal ? [query.signal] : [])]
+    return readLogs(this.#names.containerLogDir(name), processes, {
+      ...query,
+      signal: AbortSignal.any(signals),
+    })
   }
 
   async prepareExec(req: ExecRequest): Promise<PreparedExec> {

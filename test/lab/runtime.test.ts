@@ -226,7 +226,12 @@ for (const kind of ['process', 'oci'] as const) {
       await follow
       assert.ok(seen.length >= 5)
       assert.ok(seen.every((e) => Date.parse(e.time) >= started - 1))
+      // A follower without a signal of its own ends when its container is removed.
+      const orphan = collect(rt.logs('talker', { follow: true }))
       await rt.remove('talker')
+      const t0 = performance.now()
+      await orphan
+      assert.ok(performance.now() - t0 < 1_000)
     })
 
     it('exec runs a command in the container and returns its status, with a terminal when asked', async () => {
