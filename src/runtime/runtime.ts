@@ -110,6 +110,8 @@ interface Proc {
   log: ProcessLog
   /** Resolves when the current shim has ended. */
   ended: Promise<void> | undefined
+  /** The start in progress, if any. */
+  starting: Promise<void> | undefined
 }
 
 interface Ctr {
@@ -168,14 +170,7 @@ export class ContainerRuntime implements Runtime {
     const wanted = await this.#loadRecords()
     await this.#sweep(new Set(wanted.map((r) => r.spec.name)))
     for (const record of wanted) {
-      const ctr: Ctr = {
-        record,
-        state: 'creating',
-        error: null,
-        procs: new Map(),
-        pausePid: null,
-        removed: new AbortController(),
-      }
+      const ctr = newCtr(record)
       this.#containers.set(record.spec.name, ctr)
       await this.#withLock(record.spec.name, () => this.#bringUp(ctr, true))
     }
@@ -227,14 +222,7 @@ export class ContainerRuntime implements Runtime {
         () => undefined,
         (err: unknown) => err,
       )
-      const ctr: Ctr = {
-        record,
-        state: 'creating',
-        error: null,
-        procs: new Map(),
-        pausePid: null,
-        removed: new AbortController(),
-      }
+      const ctr = newCtr(record)
       this.#containers.set(spec.name, ctr)
       await this.#bringUp(ctr, false)
       const failed = await durable
@@ -453,6 +441,7 @@ export class ContainerRuntime implements Runtime {
       timer: undefined,
       log: new ProcessLog({ dir: logDir, process: ps.name, log: this.#log }),
       ended: undefined,
+      starting: undefined,
     }
     ctr.procs.set(ps.name, proc)
     const dir = this.#names.processDir(ctr.record.spec.name, ps.name)
@@ -745,7 +734,16 @@ export class ContainerRuntime implements Runtime {
     return executableProblem(program, undefined, user)
   }
 
-  async #startProcess(proc: Proc): Promise<void> {
+  /** Starts the process; a stop meanwhile waits for this start to finish, then stops what it started. */
+  #startProcess(proc: Proc): Promise<void> {
+    const start = this.#startProcessNow(proc).finally(() => {
+      if (proc.starting === start) proc.starting = undefined
+    })
+    proc.starting = start
+    return start
+  }
+
+  async #startProcessNow(proc: Proc): Promise<void> {
     if (this.#stopped || proc.stopping) return
     const ctr = this.#containers.get(proc.container)
     if (!ctr) return
@@ -812,6 +810,7 @@ export class ContainerRuntime implements Runtime {
       env = { PATH: DEFAULT_PATH_ENV, ...proc.spec.env }
       cwd = this.#processCwd(ctr, proc.spec)
     }
+    if (proc.stopping || this.#stopped) return
     proc.startedAt = Date.now()
     let shim: ReturnType<typeof spawnShim>
     try {
@@ -950,6 +949,9 @@ export class ContainerRuntime implements Runtime {
     proc.stopping = true
     clearTimeout(proc.timer)
     proc.timer = undefined
+    // A restart in flight (its timer fired, its shim not yet spawned) would otherwise spawn one after
+    // the stop, into a directory being removed (seen: ENOTEMPTY, and a shim nobody watched).
+    await proc.starting?.catch(() => {})
     const ended = proc.ended
     if (proc.shimPid === null || ended === undefined) {
       proc.state = 'exited'
@@ -1018,6 +1020,17 @@ export class ContainerRuntime implements Runtime {
       error: ctr.error,
       createdAt: ctr.record.createdAt,
     }
+  }
+}
+
+function newCtr(record: ContainerRecord): Ctr {
+  return {
+    record,
+    state: 'creating',
+    error: null,
+    procs: new Map(),
+    pausePid: null,
+    removed: new AbortController(),
   }
 }
 
