@@ -545,13 +545,14 @@ export class ContainerRuntime implements Runtime {
     const script = [
       'd=$1; h=$2; n=$3; shift 3',
       'while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; n=$((n-1)); done',
-      '[ $# -eq 0 ] || mkfifo -m 0600 "$@" 2>/dev/null',
+      'm=; if [ $# -gt 0 ]; then mkfifo -m 0600 "$@" 2>/dev/null & m=$!; fi',
       'if [ -n "$KM1S_NETNS" ]; then',
       '  ip netns attach "$KM1S_NETNS" $$ || exit 121',
       '  [ -z "$KM1S_FIRST" ] || printf "%s\\n" "$KM1S_FIRST" | ip -batch - || exit 122',
       '  printf "%s\\n" "$KM1S_HOST" | nsenter --net="$KM1S_HOSTNS" ip -batch - || exit 123',
       '  printf "%s\\n" "$KM1S_CTR" | ip -batch - || exit 124',
       'fi',
+      '[ -z "$m" ] || wait $m',
       'unset KM1S_NETNS KM1S_HOSTNS KM1S_FIRST KM1S_HOST KM1S_CTR',
       'echo "$h" > /proc/sys/kernel/hostname && echo $$ > "$d/pause.pid" && exec catatonit -P',
     ].join('\n')
