@@ -5,9 +5,10 @@ import { hostname } from 'node:os'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { Level } from 'level'
 import { Km1sError } from '../common/errors.ts'
+import { writeFileAtomic } from '../common/files.ts'
 import { dataPaths } from '../common/paths.ts'
 import * as z from '../common/schema.ts'
-import { writeClusterSecret, writeFileAtomic } from '../mesh/identity.ts'
+import { writeClusterSecret } from '../mesh/identity.ts'
 import {
   decodeToken,
   encodeToken,

@@ -1,24 +1,13 @@
 // The node's persistent Ed25519 key (its libp2p peer id) and the cluster's pre-shared key, both files
 // in the data directory, readable by root only.
 import { createHash, randomBytes } from 'node:crypto'
-import { mkdir, readFile, rename, writeFile } from 'node:fs/promises'
-import { dirname } from 'node:path'
+import { readFile } from 'node:fs/promises'
 import { generateKeyPair, privateKeyFromProtobuf, privateKeyToProtobuf } from '@libp2p/crypto/keys'
 import type { PrivateKey } from '@libp2p/interface'
 import { Km1sError } from '../common/errors.ts'
+import { writeFileAtomic } from '../common/files.ts'
 
 export const CLUSTER_SECRET_BYTES = 32
-
-/**
- * Writes a file atomically (temp file + rename) so a power cut never leaves half a key. The directory is
- * 0711: others may pass through to the API socket (0660, group km1s) but not list it; keys stay 0600.
- */
-export async function writeFileAtomic(path: string, data: string | Uint8Array, mode = 0o600): Promise<void> {
-  await mkdir(dirname(path), { recursive: true, mode: 0o711 })
-  const tmp = `${path}.tmp-${process.pid}`
-  await writeFile(tmp, data, { mode })
-  await rename(tmp, path)
-}
 
 async function readIfExists(path: string): Promise<Buffer | undefined> {
   try {

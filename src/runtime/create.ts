@@ -4,6 +4,7 @@ import { join } from 'node:path'
 import { Km1sError } from '../common/errors.ts'
 import type { Logger } from '../common/logger.ts'
 import { detectOciRuntime } from './detect.ts'
+import { defaultLogRoot } from './logs.ts'
 import { instanceId, RuntimeNames } from './names.ts'
 import { ContainerRuntime } from './runtime.ts'
 import type { Runtime } from './types.ts'
@@ -29,10 +30,6 @@ function isRoot(): boolean {
 /** /run is RAM on every Linux km1s runs on: volatile state and logs go there when we may write it. */
 export function defaultRunRoot(dataDir: string): string {
   return isRoot() && existsSync('/run') ? '/run/km1s' : join(dataDir, 'run')
-}
-
-export function defaultLogRoot(dataDir: string): string {
-  return isRoot() && existsSync('/run') ? '/run/km1s/logs' : join(dataDir, 'logs')
 }
 
 export async function createRuntime(opts: CreateRuntimeOptions): Promise<Runtime | undefined> {

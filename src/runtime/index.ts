@@ -3,7 +3,6 @@
 
 export {
   createRuntime,
-  defaultLogRoot,
   defaultRunRoot,
   RUNTIME_CHOICES,
   type RuntimeChoice,
@@ -17,6 +16,7 @@ export {
   type OciRuntimeName,
 } from './detect.ts'
 export { prepareRootfs, presentSystemPaths } from './host.ts'
+export { defaultLogRoot } from './logs.ts'
 export { instanceId, RuntimeNames } from './names.ts'
 export {
   type ContainerProcessSpec,

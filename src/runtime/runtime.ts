@@ -4,10 +4,11 @@
 // nothing isolated: for hosts without root or without an OCI runtime). docs/runtime.md has the picture.
 import { execFile, spawn } from 'node:child_process'
 import { existsSync, readFileSync } from 'node:fs'
-import { mkdir, open, readdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises'
+import { mkdir, open, readdir, readFile, rm, stat, unlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { errorMessage, Km1sError } from '../common/errors.ts'
+import { writeFileAtomic } from '../common/files.ts'
 import type { Logger } from '../common/logger.ts'
 import { processAlive } from '../common/process.ts'
 import * as z from '../common/schema.ts'
@@ -218,7 +219,7 @@ export class ContainerRuntime implements Runtime {
       // The record is on disk before the create returns, written while the container is made: an fsync on
       // an SD card takes tens of ms. A crash before the record exists leaves parts nobody wants, which the
       // next start sweeps (the caller saw no success); after, the next start adopts or finishes it.
-      const durable = writeDurable(this.#names.specFile(spec.name), JSON.stringify(record)).then(
+      const durable = writeFileAtomic(this.#names.specFile(spec.name), JSON.stringify(record)).then(
         () => undefined,
         (err: unknown) => err,
       )
@@ -1129,16 +1130,4 @@ async function fileFacts(path: string): Promise<FileFacts | undefined> {
   } catch {
     return undefined
   }
-}
-
-async function writeDurable(path: string, text: string): Promise<void> {
-  const tmp = `${path}.tmp`
-  const fh = await open(tmp, 'w', 0o600)
-  try {
-    await fh.writeFile(text)
-    await fh.sync()
-  } finally {
-    await fh.close()
-  }
-  await rename(tmp, path)
 }
