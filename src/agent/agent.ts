@@ -6,9 +6,11 @@ import { errorMessage, Km1sError } from '../common/errors.ts'
 import type { Logger } from '../common/logger.ts'
 import { dataPaths } from '../common/paths.ts'
 import { KM1S_VERSION } from '../common/version.ts'
+import { DnsService, type Upstream } from '../dns/index.ts'
 import { type DetectorConfig, Membership } from '../membership/index.ts'
 import { createMesh, loadOrCreateIdentity, type Mesh, readClusterSecret } from '../mesh/index.ts'
 import type { PeerBookEntry } from '../mesh/peer-book.ts'
+import { bridgeAddress } from '../network/index.ts'
 import { createRuntime, type Runtime, type RuntimeChoice } from '../runtime/index.ts'
 import { type NodeValue, Replication, Store, type WireRecord } from '../state/index.ts'
 import { createHandlers } from './handlers.ts'
@@ -42,6 +44,10 @@ export interface AgentConfig {
   logDir?: string
   /** This node's container subnet. */
   subnet?: string
+  /** The DNS server's port (53); null runs none. */
+  dnsPort?: number | null
+  /** Where other names go; undefined: the host's /etc/resolv.conf. */
+  dnsUpstreams?: Upstream[]
   logger: Logger
 }
 
@@ -62,6 +68,7 @@ export class Agent {
   #membership: Membership | undefined
   #api: ApiServer | undefined
   #runtime: Runtime | undefined
+  #dns: DnsService | undefined
   #name = ''
   #stopping: Promise<void> | undefined
 
@@ -152,6 +159,20 @@ export class Agent {
       logger,
     })
     await this.#runtime?.start()
+    const dnsPort = this.config.dnsPort === undefined ? 53 : this.config.dnsPort
+    if (dnsPort !== null) {
+      // Loopback for the node itself; the bridge's .1 for its containers (their resolv.conf names it).
+      const bridge =
+        this.#runtime?.kind === 'oci' ? [bridgeAddress(this.config.subnet ?? '10.42.0.0/24')] : []
+      this.#dns = new DnsService({
+        store,
+        port: dnsPort,
+        addresses: ['127.0.0.1', ...bridge],
+        upstreams: this.config.dnsUpstreams,
+        logger,
+      })
+      await this.#dns.start()
+    }
     const { handlers, streams, upgrades } = createHandlers({
       name: () => this.#name,
       dataDir,
@@ -161,6 +182,7 @@ export class Agent {
       store,
       replication: this.#replication,
       runtime: this.#runtime,
+      dns: this.#dns,
     })
     this.#api = new ApiServer({ socket: this.config.socket, handlers, streams, upgrades, logger })
     await this.#api.start()
@@ -179,6 +201,7 @@ export class Agent {
   async #stop(): Promise<void> {
     const steps: Array<[string, () => Promise<void> | void]> = [
       ['api', () => this.#api?.stop()],
+      ['dns', () => this.#dns?.stop()],
       ['runtime', () => this.#runtime?.stop()],
       ['membership', () => this.#membership?.stop()],
       ['replication', () => this.#replication?.stop()],

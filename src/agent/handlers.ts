@@ -4,6 +4,7 @@ import type { Handlers, NodeView, StatusView, StreamHandlers } from '../api/inde
 import type { UpgradeHandlers } from '../api/server.ts'
 import { Km1sError } from '../common/errors.ts'
 import { KM1S_VERSION } from '../common/version.ts'
+import type { DnsService } from '../dns/index.ts'
 import { type Member, type Membership, resolveNode } from '../membership/index.ts'
 import type { Mesh } from '../mesh/index.ts'
 import { startExec } from '../runtime/exec.ts'
@@ -20,6 +21,8 @@ export interface HandlerDeps {
   replication: Replication
   /** The node's container runtime; undefined when the agent runs none (the container routes say so). */
   runtime: Runtime | undefined
+  /** The node's DNS server; undefined when it runs none. */
+  dns?: DnsService
 }
 
 function labelsOf(store: Store, id: string): Record<string, string> {
@@ -52,6 +55,19 @@ export function editLabels(
   const next = { ...current, ...set }
   for (const k of remove) delete next[k]
   return next
+}
+
+function dnsView(dns: DnsService | undefined): StatusView['dns'] {
+  const s = dns?.status()
+  if (!s) return null
+  const { queries, answered, nxdomain, forwarded, refused, formerr, dropped, rateLimited } = s.stats
+  return {
+    listening: s.listening.map((l) => `${l.address}:${l.port}`),
+    missing: s.missing,
+    upstreams: s.upstreams.map((u) => `${u.address}:${u.port}`),
+    names: s.zone.names,
+    ...{ queries, answered, nxdomain, forwarded, refused, formerr, dropped, rateLimited },
+  }
 }
 
 export function createHandlers(d: HandlerDeps): {
@@ -110,6 +126,7 @@ export function createHandlers(d: HandlerDeps): {
           ...replication.stats(),
         },
         memory: { rss: mem.rss, heapUsed: mem.heapUsed },
+        dns: dnsView(d.dns),
       }
     },
     label: async (req) => {

@@ -72,6 +72,23 @@ export const StatusView = z.object({
     recordsReceived: z.number(),
   }),
   memory: z.object({ rss: z.number(), heapUsed: z.number() }),
+  /** The node's DNS server; null when the agent runs none. */
+  dns: z.nullable(
+    z.object({
+      listening: z.array(z.string()),
+      missing: z.array(z.string()),
+      upstreams: z.array(z.string()),
+      names: z.number(),
+      queries: z.number(),
+      answered: z.number(),
+      nxdomain: z.number(),
+      forwarded: z.number(),
+      refused: z.number(),
+      formerr: z.number(),
+      dropped: z.number(),
+      rateLimited: z.number(),
+    }),
+  ),
 })
 export type StatusView = z.infer<typeof StatusView>
 

@@ -70,6 +70,8 @@ export async function startAgent(node: LabNode, opts: AgentOptions = {}): Promis
       join(node.dataDir, '..', `${node.name}-run`),
       '--log-dir',
       join(node.dataDir, '..', `${node.name}-logs`),
+      // The host's resolvers lie outside the lab: names beyond km1s.internal go nowhere unless a test says.
+      ...(opts.extraArgs?.includes('--dns-upstream') ? [] : ['--dns-upstream', 'none']),
       ...(opts.extraArgs ?? []),
     ],
     opts.env,

@@ -5,6 +5,7 @@ import { initCluster } from '../../agent/setup.ts'
 import { Km1sError } from '../../common/errors.ts'
 import { createLogger, type LogLevel } from '../../common/logger.ts'
 import { dataPaths } from '../../common/paths.ts'
+import { parseUpstream, type Upstream } from '../../dns/index.ts'
 import { RUNTIME_CHOICES, type RuntimeChoice } from '../../runtime/create.ts'
 import { globals } from '../main.ts'
 
@@ -22,6 +23,8 @@ interface AgentOptions {
   runDir?: string
   logDir?: string
   subnet: string
+  dnsPort: number | null
+  dnsUpstream: Upstream[] | undefined
 }
 
 function seconds(what: string) {
@@ -34,6 +37,22 @@ function seconds(what: string) {
 }
 
 const collect = (value: string, previous: string[]) => [...previous, value]
+
+function dnsPort(value: string): number | null {
+  if (value === 'off') return null
+  const n = Number(value)
+  if (!Number.isInteger(n) || n < 1 || n > 65535)
+    throw new InvalidArgumentError('--dns-port is a port number (1–65535) or off.')
+  return n
+}
+
+/** `none` forwards nothing; the flag repeated lists several upstreams in order. */
+function dnsUpstream(value: string, previous: Upstream[] | undefined): Upstream[] {
+  if (value === 'none') return previous ?? []
+  const u = parseUpstream(value)
+  if (!u) throw new InvalidArgumentError(`--dns-upstream ${value} is not an IPv4 ADDRESS[:PORT] or none.`)
+  return [...(previous ?? []), u]
+}
 
 function agentOptions(cmd: Command): Command {
   return cmd
@@ -68,6 +87,12 @@ function agentOptions(cmd: Command): Command {
     .option('--run-dir <dir>', 'volatile runtime state (default: /run/km1s as root, else DATA_DIR/run)')
     .option('--log-dir <dir>', 'container logs (default: /run/km1s/logs as root — RAM; else DATA_DIR/logs)')
     .option('--subnet <cidr>', "this node's container subnet", '10.42.0.0/24')
+    .option('--dns-port <port>', 'port of the DNS server on loopback and the bridge, or off', dnsPort, 53)
+    .option(
+      '--dns-upstream <address[:port]>',
+      'resolver for names outside km1s.internal, repeatable, or none (default: /etc/resolv.conf)',
+      dnsUpstream,
+    )
     .addOption(
       new Option('--log-level <level>', 'how much the agent logs')
         .choices(['trace', 'debug', 'info', 'warn', 'error'])
@@ -103,6 +128,8 @@ async function run(cmd: Command, opts: AgentOptions, banner: boolean): Promise<v
       runDir: opts.runDir,
       logDir: opts.logDir,
       subnet: opts.subnet,
+      dnsPort: opts.dnsPort,
+      dnsUpstreams: opts.dnsUpstream,
       logger,
     },
     (agent) => {

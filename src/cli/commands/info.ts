@@ -1,5 +1,5 @@
 import type { Command } from 'commander'
-import { ApiClient } from '../../api/index.ts'
+import { ApiClient, type StatusView } from '../../api/index.ts'
 import { runDoctor } from '../../doctor/index.ts'
 import { parseLabelChanges } from '../labels.ts'
 import { globals } from '../main.ts'
@@ -77,6 +77,7 @@ export function registerInfoCommands(program: Command): void {
         ],
         ['Dropped', formatDrops(s.state.dropped)],
         ['Memory', `${humanBytes(s.memory.rss)} RSS, ${humanBytes(s.memory.heapUsed)} heap`],
+        ['DNS', formatDns(s.dns)],
       ]
       for (const [k, v] of lines) process.stdout.write(`${`${k}:`.padEnd(14)}${v}\n`)
     })
@@ -126,4 +127,11 @@ export function registerInfoCommands(program: Command): void {
       }
       if (!report.ok) process.exitCode = 1
     })
+}
+
+function formatDns(dns: StatusView['dns']): string {
+  if (!dns) return 'off'
+  const where = dns.listening.join(' ') || 'not listening'
+  const missing = dns.missing.length ? ` (cannot listen on ${dns.missing.join(', ')} yet)` : ''
+  return `${where}${missing}; ${dns.names} cluster names; ${dns.queries} queries: ${dns.answered} answered, ${dns.nxdomain} NXDOMAIN, ${dns.forwarded} forwarded to ${dns.upstreams.join(' ') || 'no upstream'}, ${dns.refused} refused, ${dns.formerr} malformed, ${dns.rateLimited} rate-limited`
 }
