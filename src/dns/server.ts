@@ -242,7 +242,8 @@ export class DnsServer {
   #handle(msg: Buffer, source: string): Buffer | undefined | Promise<Buffer> {
     const s = this.#stats
     s.queries++
-    if (this.#limiter && !this.#limiter.allow(source)) {
+    // The node's own processes (loopback) are the operator's; the limit is for containers and neighbours.
+    if (this.#limiter && !source.startsWith('127.') && !this.#limiter.allow(source)) {
       s.rateLimited++
       return undefined
     }
