@@ -5,10 +5,9 @@
 import { randomInt } from 'node:crypto'
 import dgram from 'node:dgram'
 import { isIPv4 } from 'node:net'
-import dns2 from 'dns2'
 import { errorMessage } from '../common/errors.ts'
 import type { Logger } from '../common/logger.ts'
-import { encodeResponse, type Query, RCODE } from './wire.ts'
+import { encodeResponse, type Query, RCODE, readAnswerTtls } from './wire.ts'
 
 export interface Upstream {
   address: string
@@ -37,16 +36,11 @@ export function parseUpstream(text: string): Upstream | undefined {
 
 /** Seconds an upstream answer may be reused: its smallest TTL, capped; negative answers briefly. */
 export function cacheSeconds(response: Buffer): number {
-  try {
-    const packet = dns2.Packet.parse(response)
-    const rcode = packet.header.rcode
-    if (rcode === RCODE.NXDOMAIN || (rcode === RCODE.NOERROR && packet.answers.length === 0)) return 30
-    if (rcode !== RCODE.NOERROR) return 0
-    const ttls = packet.answers.map((a) => Number(a.ttl)).filter((t) => Number.isFinite(t))
-    return Math.min(300, ...ttls)
-  } catch {
-    return 0
-  }
+  const r = readAnswerTtls(response)
+  if (!r) return 0
+  if (r.rcode === RCODE.NXDOMAIN || (r.rcode === RCODE.NOERROR && r.answers === 0)) return 30
+  if (r.rcode !== RCODE.NOERROR) return 0
+  return Math.min(300, r.minTtl)
 }
 
 interface Pending {

@@ -10,6 +10,7 @@ import {
   isPlainName,
   parseQuery,
   RCODE,
+  readAnswerTtls,
   TYPE,
 } from '../../../src/dns/wire.ts'
 
@@ -124,5 +125,26 @@ describe('dns wire', () => {
     assert.ok(!isPlainName('a..b'))
     assert.ok(!isPlainName('-a.b'))
     assert.ok(!isPlainName('\u0000.b'))
+  })
+
+  it('reads the rcode and smallest TTL of an answer as dns2 writes it, and never throws', () => {
+    const p = new Packet()
+    p.header.qr = 1
+    p.questions.push(new Packet.Question('example.test', TYPE.A, 1))
+    for (const [ttl, address] of [
+      [60, '192.0.2.1'],
+      [30, '192.0.2.2'],
+    ] as const)
+      p.answers.push(
+        Packet.createResourceFromQuestion(p.questions[0] as never, { type: TYPE.A, ttl, address }),
+      )
+    assert.deepEqual(readAnswerTtls(p.toBuffer()), { rcode: 0, answers: 2, minTtl: 30 })
+    assert.equal(readAnswerTtls(p.toBuffer().subarray(0, 40)), undefined)
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 300 }), (bytes) => {
+        readAnswerTtls(Buffer.from(bytes))
+      }),
+      { numRuns: 2000 },
+    )
   })
 })
