@@ -125,7 +125,13 @@ export function createHandlers(d: HandlerDeps): {
           digest: createHash('sha256').update(store.digest()).digest('hex').slice(0, 16),
           ...replication.stats(),
         },
-        memory: { rss: mem.rss, heapUsed: mem.heapUsed },
+        memory: {
+          rss: mem.rss,
+          heapUsed: mem.heapUsed,
+          heapTotal: mem.heapTotal,
+          external: mem.external,
+          arrayBuffers: mem.arrayBuffers,
+        },
         dns: dnsView(d.dns),
       }
     },

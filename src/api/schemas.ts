@@ -71,7 +71,13 @@ export const StatusView = z.object({
     recordsSent: z.number(),
     recordsReceived: z.number(),
   }),
-  memory: z.object({ rss: z.number(), heapUsed: z.number() }),
+  memory: z.object({
+    rss: z.number(),
+    heapUsed: z.number(),
+    heapTotal: z.number(),
+    external: z.number(),
+    arrayBuffers: z.number(),
+  }),
   /** The node's DNS server; null when the agent runs none. */
   dns: z.nullable(
     z.object({
