@@ -9,6 +9,7 @@ import { KM1S_VERSION } from '../common/version.ts'
 import { type DetectorConfig, Membership } from '../membership/index.ts'
 import { createMesh, loadOrCreateIdentity, type Mesh, readClusterSecret } from '../mesh/index.ts'
 import type { PeerBookEntry } from '../mesh/peer-book.ts'
+import { Remote } from '../remote/index.ts'
 import { createRuntime, type Runtime, type RuntimeChoice } from '../runtime/index.ts'
 import { type NodeValue, Replication, Store, type WireRecord } from '../state/index.ts'
 import { createHandlers } from './handlers.ts'
@@ -62,6 +63,7 @@ export class Agent {
   #membership: Membership | undefined
   #api: ApiServer | undefined
   #runtime: Runtime | undefined
+  #remote: Remote | undefined
   #name = ''
   #stopping: Promise<void> | undefined
 
@@ -152,6 +154,16 @@ export class Agent {
       logger,
     })
     await this.#runtime?.start()
+    const membership = this.#membership
+    this.#remote = new Remote({
+      libp2p: mesh.libp2p,
+      self: mesh.peerId.toString(),
+      runtime: this.#runtime,
+      statusKeys: () => store.list('status/').map((r) => r.key),
+      members: () => membership.members(),
+      logger,
+    })
+    await this.#remote.start()
     const { handlers, streams, upgrades } = createHandlers({
       name: () => this.#name,
       dataDir,
@@ -161,6 +173,7 @@ export class Agent {
       store,
       replication: this.#replication,
       runtime: this.#runtime,
+      remote: this.#remote,
     })
     this.#api = new ApiServer({ socket: this.config.socket, handlers, streams, upgrades, logger })
     await this.#api.start()
@@ -179,6 +192,7 @@ export class Agent {
   async #stop(): Promise<void> {
     const steps: Array<[string, () => Promise<void> | void]> = [
       ['api', () => this.#api?.stop()],
+      ['remote', () => this.#remote?.stop()],
       ['runtime', () => this.#runtime?.stop()],
       ['membership', () => this.#membership?.stop()],
       ['replication', () => this.#replication?.stop()],

@@ -89,6 +89,11 @@ export class ApiClient {
     return this.call('containers', {})
   }
 
+  /** Every node's containers, one node's (`node`: its name or id), or where `container` runs. */
+  clusterContainers(query: { node?: string; container?: string } = {}) {
+    return this.call('clusterContainers', query)
+  }
+
   createContainer(spec: ContainerSpecInput) {
     return this.call('containerCreate', spec)
   }
