@@ -134,13 +134,13 @@ export function createHandlers(d: HandlerDeps): {
     },
     containers: () => runtime().list(),
     clusterContainers: async (req) => {
-      const members = membership.members()
       if (req.container !== undefined) {
         const remote = elsewhere(req.container)
         if (remote) return [await remote.locate(req.container)]
-        const self = members.find((m) => m.self) as Member
-        return [{ node: self.info.name, id: self.id, containers: [container(req.container)], error: null }]
+        const found = container(req.container)
+        return [{ node: d.name(), id: mesh.peerId.toString(), containers: [found], error: null }]
       }
+      const members = membership.members()
       const only = req.node === undefined ? undefined : resolveNode(members, req.node)
       if (d.remote) return d.remote.containers(only)
       return members

@@ -163,9 +163,11 @@ export function registerContainerCommands(program: Command): void {
         const client = new ApiClient(g.socket)
         let prefixed = false
         if (opts.process === undefined && !g.json) {
-          // Wherever it runs: this also gives an unknown container its error before anything is printed.
-          const [where] = await client.clusterContainers({ container })
-          prefixed = (where?.containers[0]?.processes.length ?? 0) > 1
+          // Here, else wherever it runs (which gives an unknown container its error before any output).
+          const c =
+            (await client.containers()).find((x) => x.name === container) ??
+            (await client.clusterContainers({ container }))[0]?.containers[0]
+          prefixed = (c?.processes.length ?? 0) > 1
         }
         exitQuietlyOnEpipe()
         const ac = new AbortController()
