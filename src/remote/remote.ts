@@ -183,7 +183,7 @@ export class Remote {
       asked.add(id)
       const m = members.get(id)
       if (m?.state === 'dead') {
-        unreachable.push({ id, why: 'it is dead (not heard from)' })
+        unreachable.push({ id, why: 'it is dead: not heard from' })
         return undefined
       }
       try {
