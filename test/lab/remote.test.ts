@@ -157,6 +157,21 @@ describe('logs and exec across nodes', { skip: isRoot ? false : 'needs root' }, 
     assert.equal(exit.code, 7, out)
   })
 
+  it('exec -it from the CLI under a real terminal on another node', async () => {
+    const cmd = `${KM1S} --data-dir ${n3.dataDir} exec -it c -- /bin/sh -c 'test -t 0 && echo HAS-TTY; exit 4'`
+    const r = await new Promise<{ code: number | null; out: string }>((resolve) => {
+      const child = spawn('script', ['-qec', cmd, '/dev/null'], { stdio: ['pipe', 'pipe', 'pipe'] })
+      let out = ''
+      child.stdout.on('data', (d: Buffer) => {
+        out += d.toString()
+      })
+      child.once('exit', (code) => resolve({ code, out }))
+      setTimeout(() => child.kill('SIGKILL'), 15_000).unref()
+    })
+    assert.equal(r.code, 4, r.out)
+    assert.match(r.out, /HAS-TTY/)
+  })
+
   it('says in one sentence that a container is nowhere, within a few seconds', async () => {
     const t0 = Date.now()
     const r = await km1s(n3, ['logs', 'nope'])
@@ -167,8 +182,28 @@ describe('logs and exec across nodes', { skip: isRoot ? false : 'needs root' }, 
     assert.match(e.stderr, /There is no container named nope/)
   })
 
-  it('names the node when the node that runs the container is down', async () => {
+  it('names the node when the node that runs the container is down; a follow from it ends with an error', async () => {
+    const follower = spawn(KM1S, ['--data-dir', n3.dataDir, 'logs', 'c', '-f', '--tail', '1'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
+    let out = ''
+    let err = ''
+    follower.stdout.on('data', (d: Buffer) => {
+      out += d.toString()
+    })
+    follower.stderr.on('data', (d: Buffer) => {
+      err += d.toString()
+    })
+    const exited = new Promise<number | null>((r) => follower.once('exit', (code) => r(code)))
+    await until('the follow to run', () => /line \d+/.test(out), 10_000)
     await n1.stop()
+    const code = await Promise.race([
+      exited,
+      new Promise((r) => setTimeout(() => r('still running'), 10_000)),
+    ])
+    if (code === 'still running') follower.kill('SIGKILL')
+    assert.equal(code, 1, err)
+    assert.match(err.trim(), /^The agent ended the stream before its end[^\n]*\.$/)
     const t0 = Date.now()
     const r = await km1s(n3, ['logs', 'c'])
     assert.equal(r.code, 1)
