@@ -142,11 +142,11 @@ const node = () =>
     streamMuxers: [yamux()],
   })
 
-async function until(what: string, ok: () => boolean, ms = 5_000): Promise<void> {
+async function until(what: string, ok: () => boolean, ms = 5_000, everyMs = 20): Promise<void> {
   const deadline = Date.now() + ms
   while (!ok()) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((r) => setTimeout(r, 20))
+    await new Promise((r) => setTimeout(r, everyMs))
   }
 }
 
@@ -166,7 +166,7 @@ describe('remote between two nodes', () => {
     dead = member(ghost, 'ghost', false, 'dead')
     await ghost.stop()
     await a.peerStore.merge(b.peerId, { multiaddrs: b.getMultiaddrs() })
-    runtimeB = fakeRuntime(['web'])
+    runtimeB = fakeRuntime(['web', 'api'])
     const members = () => [member(a, 'a', true), member(b, 'b', false), dead]
     remoteA = new Remote({
       libp2p: a,
@@ -195,6 +195,16 @@ describe('remote between two nodes', () => {
     await b?.stop()
   })
 
+  it('goes straight to the node a status record names (one request, no search)', async () => {
+    statusKeys.push(`status/${b.peerId.toString()}/api`)
+    const served = remoteB.stats().served
+    const lines: string[] = []
+    for await (const e of await remoteA.logs({ container: 'api' }, new AbortController().signal))
+      lines.push(e.line)
+    assert.equal(lines.length, 3)
+    assert.equal(remoteB.stats().served, served + 1)
+  })
+
   it('finds a container by asking every live peer, and lists every node', async () => {
     const where = await remoteA.locate('web')
     assert.equal(where.node, 'b')
@@ -204,7 +214,7 @@ describe('remote between two nodes', () => {
       all.map((n) => [n.node, n.containers.map((c) => c.name), n.error === null]),
       [
         ['a', [], true],
-        ['b', ['web'], true],
+        ['b', ['web', 'api'], true],
         ['ghost', [], false],
       ],
     )
@@ -223,14 +233,28 @@ describe('remote between two nodes', () => {
     await until('no open streams', () => remoteA.stats().open === 0 && remoteB.stats().open === 0)
   })
 
-  it('holds back a follower whose reader does not read (bounded by the stream window)', async () => {
+  it('holds back a follower whose reader does not read (bounded by the stream window)', async (t) => {
     const ac = new AbortController()
     const start = runtimeB.pulled
     const it = (await remoteA.logs({ container: 'web', follow: true }, ac.signal))[Symbol.asyncIterator]()
+    t.after(() => ac.abort())
     await it.next()
-    await new Promise((r) => setTimeout(r, 700))
+    // Wait until the agent stops pulling (however loaded the machine is), then check it stays stopped.
+    let last = -1
+    let same = 0
+    await until(
+      'the serving agent to stop pulling',
+      () => {
+        const now = runtimeB.pulled
+        same = now === last ? same + 1 : 0
+        last = now
+        return same >= 2
+      },
+      20_000,
+      300,
+    )
     const pulled = runtimeB.pulled - start
-    await new Promise((r) => setTimeout(r, 700))
+    await new Promise((r) => setTimeout(r, 500))
     // ~300-byte entries: what the stream's window, the paused read buffer and the reader's queue hold
     // (measured ~3 500, about 1 MiB), then the agent stops pulling.
     assert.equal(runtimeB.pulled - start, pulled, 'the agent kept pulling entries nobody read')
@@ -338,6 +362,6 @@ describe('remote between two nodes', () => {
     )
     assert.equal(remoteB.stats().badFrames, before + 5)
     const list = await remoteA.containers()
-    assert.equal(list.find((n) => n.node === 'b')?.containers.length, 1)
+    assert.equal(list.find((n) => n.node === 'b')?.containers.length, 2)
   })
 })
