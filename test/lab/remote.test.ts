@@ -133,7 +133,7 @@ describe('logs and exec across nodes', { skip: isRoot ? false : 'needs root' }, 
       args: [
         '/bin/sh',
         '-c',
-        'tty; stty size; read x; stty size; trap "echo got-int; exit 7" INT; echo ready; read y',
+        'tty; stty size; while read x; do s=$(stty size); echo "size $s"; [ "$s" = "43 132" ] && break; done; trap "echo got-int; exit 7" INT; echo ready; read y',
       ],
       tty: true,
       cols: 100,
@@ -144,12 +144,21 @@ describe('logs and exec across nodes', { skip: isRoot ? false : 'needs root' }, 
     ch.stdout.on('data', (d: Buffer) => {
       out += d.toString()
     })
-    await until('the first size', () => /30 100/.test(out), 10_000)
+    await until('the first size', () => /30 100/.test(out), 10_000).catch((err) => {
+      throw new Error(`${err.message}; the terminal showed ${JSON.stringify(out)}`)
+    })
     assert.match(out, /\/dev\/pts\/\d+/)
     ch.resize(132, 43)
-    await new Promise((r) => setTimeout(r, 300))
-    ch.stdin.write('\r')
-    await until('the new size', () => /43 132/.test(out), 10_000)
+    // Each Enter makes the program print its size again, until the resize has reached it.
+    await until(
+      'the new size',
+      async () => {
+        ch.stdin.write('\r')
+        await new Promise((r) => setTimeout(r, 200))
+        return /size 43 132/.test(out)
+      },
+      10_000,
+    )
     await until('the trap', () => /ready/.test(out), 10_000)
     ch.stdin.write('\x03')
     const exit = await ch.exited
