@@ -73,6 +73,10 @@ describe('logs and exec across nodes', { skip: isRoot ? false : 'needs root' }, 
     const tail = (await km1sOk(n3, ['logs', 'c', '--tail', '2'])).trim().split('\n')
     assert.equal(tail.length, 2)
     assert.match(tail[0] ?? '', /^line \d+$/)
+    const filtered = await km1sOk(n3, ['logs', 'c', '--process', 'main', '--since', '1h', '--tail', '1'])
+    assert.match(filtered, /^line \d+\n$/)
+    const wrong = await km1s(n3, ['logs', 'c', '--process', 'side'])
+    assert.equal(wrong.stderr.trim(), 'Container c has no process named side; it has main.')
     const follower = spawn(KM1S, ['--data-dir', n3.dataDir, 'logs', 'c', '-f', '--tail', '0'], {
       stdio: ['ignore', 'pipe', 'pipe'],
     })
@@ -223,5 +227,8 @@ describe('logs and exec across nodes', { skip: isRoot ? false : 'needs root' }, 
     assert.ok(Date.now() - t0 < 10_000, `${Date.now() - t0} ms`)
     const e = await km1s(n3, ['exec', 'c', '--', 'true'])
     assert.match(e.stderr, new RegExp(`node ${n1.name}`))
+    const all = await km1s(n3, ['containers', '--all'])
+    assert.equal(all.code, 0, all.stderr)
+    assert.match(all.stderr, new RegExp(`^km1s: no containers from node ${n1.name}: `))
   })
 })
