@@ -11,6 +11,7 @@ import { type DetectorConfig, Membership } from '../membership/index.ts'
 import { createMesh, loadOrCreateIdentity, type Mesh, readClusterSecret } from '../mesh/index.ts'
 import type { PeerBookEntry } from '../mesh/peer-book.ts'
 import { bridgeAddress } from '../network/index.ts'
+import { Remote } from '../remote/index.ts'
 import { createRuntime, type Runtime, type RuntimeChoice } from '../runtime/index.ts'
 import { type NodeValue, Replication, Store, type WireRecord } from '../state/index.ts'
 import { createHandlers } from './handlers.ts'
@@ -69,6 +70,7 @@ export class Agent {
   #api: ApiServer | undefined
   #runtime: Runtime | undefined
   #dns: DnsService | undefined
+  #remote: Remote | undefined
   #name = ''
   #stopping: Promise<void> | undefined
 
@@ -173,6 +175,16 @@ export class Agent {
       })
       await this.#dns.start()
     }
+    const membership = this.#membership
+    this.#remote = new Remote({
+      libp2p: mesh.libp2p,
+      self: mesh.peerId.toString(),
+      runtime: this.#runtime,
+      statusKeys: () => store.list('status/').map((r) => r.key),
+      members: () => membership.members(),
+      logger,
+    })
+    await this.#remote.start()
     const { handlers, streams, upgrades } = createHandlers({
       name: () => this.#name,
       dataDir,
@@ -183,6 +195,7 @@ export class Agent {
       replication: this.#replication,
       runtime: this.#runtime,
       dns: this.#dns,
+      remote: this.#remote,
     })
     this.#api = new ApiServer({ socket: this.config.socket, handlers, streams, upgrades, logger })
     await this.#api.start()
@@ -202,6 +215,7 @@ export class Agent {
     const steps: Array<[string, () => Promise<void> | void]> = [
       ['api', () => this.#api?.stop()],
       ['dns', () => this.#dns?.stop()],
+      ['remote', () => this.#remote?.stop()],
       ['runtime', () => this.#runtime?.stop()],
       ['membership', () => this.#membership?.stop()],
       ['replication', () => this.#replication?.stop()],

@@ -7,6 +7,7 @@ import { KM1S_VERSION } from '../common/version.ts'
 import type { DnsService } from '../dns/index.ts'
 import { type Member, type Membership, resolveNode } from '../membership/index.ts'
 import type { Mesh } from '../mesh/index.ts'
+import type { Remote } from '../remote/index.ts'
 import { startExec } from '../runtime/exec.ts'
 import type { ContainerStatus, Runtime } from '../runtime/types.ts'
 import { encodeHlc, type Replication, type Store } from '../state/index.ts'
@@ -23,6 +24,8 @@ export interface HandlerDeps {
   runtime: Runtime | undefined
   /** The node's DNS server; undefined when it runs none. */
   dns?: DnsService
+  /** Logs and exec of containers on other nodes; without it they reach only this node's. */
+  remote?: Remote
 }
 
 function labelsOf(store: Store, id: string): Record<string, string> {
@@ -83,6 +86,9 @@ export function createHandlers(d: HandlerDeps): {
       "This agent runs no container runtime; run 'km1s doctor' to see what this host lacks, then restart the agent.",
     )
   }
+  // A container this node does not run goes to the node that does (remote/), when there is one to ask.
+  const elsewhere = (name: string): Remote | undefined =>
+    d.remote !== undefined && d.runtime?.get(name) === undefined ? d.remote : undefined
   const container = (name: string, process?: string): ContainerStatus => {
     const found = runtime().get(name)
     if (!found)
@@ -133,6 +139,7 @@ export function createHandlers(d: HandlerDeps): {
           arrayBuffers: mem.arrayBuffers,
         },
         dns: dnsView(d.dns),
+        remote: d.remote?.stats() ?? { served: 0, asked: 0, badFrames: 0, failures: 0, open: 0 },
       }
     },
     label: async (req) => {
@@ -149,6 +156,20 @@ export function createHandlers(d: HandlerDeps): {
       return { id: member.id, name: member.info.name }
     },
     containers: () => runtime().list(),
+    clusterContainers: async (req) => {
+      if (req.container !== undefined) {
+        const remote = elsewhere(req.container)
+        if (remote) return [await remote.locate(req.container)]
+        const found = container(req.container)
+        return [{ node: d.name(), id: mesh.peerId.toString(), containers: [found], error: null }]
+      }
+      const members = membership.members()
+      const only = req.node === undefined ? undefined : resolveNode(members, req.node)
+      if (d.remote) return d.remote.containers(only)
+      return members
+        .filter((m) => m.self && (only === undefined || only.self))
+        .map((m) => ({ node: m.info.name, id: m.id, containers: d.runtime?.list() ?? [], error: null }))
+    },
     containerCreate: (spec) => runtime().create(spec),
     containerRemove: async (req) => {
       container(req.name)
@@ -171,6 +192,8 @@ export function createHandlers(d: HandlerDeps): {
     },
     // Checked before the answer's headers go out, so an unknown container is a plain 404.
     logs: (req, signal) => {
+      const remote = elsewhere(req.container)
+      if (remote) return remote.logs(req, signal)
       container(req.container, req.process)
       const { container: name, ...query } = req
       return runtime().logs(name, { ...query, signal })
@@ -178,6 +201,8 @@ export function createHandlers(d: HandlerDeps): {
   }
   const upgrades: UpgradeHandlers = {
     exec: async (req, log) => {
+      const remote = elsewhere(req.container)
+      if (remote) return remote.exec(req)
       container(req.container, req.process)
       const { cols, rows, ...request } = req
       const prepared = await runtime().prepareExec(request)

@@ -27,6 +27,11 @@ import {
   upgrades,
 } from './schemas.ts'
 
+function isConnectionCut(err: unknown): boolean {
+  const e = err as NodeJS.ErrnoException
+  return e?.code === 'ECONNRESET' || e?.message === 'aborted' || e?.code === 'ERR_STREAM_PREMATURE_CLOSE'
+}
+
 /** A query string of the fields that are set (URLSearchParams would send `undefined` as text). */
 function queryOf(body: object): string {
   const fields = Object.entries(body).filter(([, v]) => v !== undefined)
@@ -87,6 +92,11 @@ export class ApiClient {
 
   containers() {
     return this.call('containers', {})
+  }
+
+  /** Every node's containers, one node's (`node`: its name or id), or where `container` runs. */
+  clusterContainers(query: { node?: string; container?: string } = {}) {
+    return this.call('clusterContainers', query)
   }
 
   createContainer(spec: ContainerSpecInput) {
@@ -161,7 +171,16 @@ export class ApiClient {
         }
       }
     } catch (err) {
-      if (!signal.aborted) throw err
+      if (signal.aborted) return
+      // NDJSON has no error item: an agent whose source failed mid-stream (a follow proxied from a node
+      // that went away) can only cut the connection.
+      if (isConnectionCut(err))
+        throw new Km1sError(
+          'ERR_STREAM_LOST',
+          "The agent ended the stream before its end (it stopped, or the node it was following went away); check 'km1s nodes' and try again.",
+          { cause: err },
+        )
+      throw err
     }
   }
 

@@ -95,6 +95,14 @@ export const StatusView = z.object({
       rateLimited: z.number(),
     }),
   ),
+  /** /km1s/remote/1.0.0 (docs/remote.md). */
+  remote: z.object({
+    served: z.number(),
+    asked: z.number(),
+    badFrames: z.number(),
+    failures: z.number(),
+    open: z.number(),
+  }),
 })
 export type StatusView = z.infer<typeof StatusView>
 
@@ -155,6 +163,21 @@ export const ContainerStatusView = z.object({
 export const ContainerList = z.array(ContainerStatusView)
 export const ContainerRef = z.strictObject({ name: ContainerName })
 
+/** `km1s containers --all` / `--node N`: every node's containers, asked over the mesh (docs/remote.md). */
+export const ClusterContainersRequest = z.strictObject({
+  node: z.optional(NodeRef),
+  /** Only the node that runs this container (this node first, then the others). */
+  container: z.optional(ContainerName),
+})
+export const NodeContainersView = z.object({
+  node: z.string(),
+  id: z.string(),
+  containers: ContainerList,
+  /** Why this node's containers are missing (dead, unreachable); null when it answered. */
+  error: z.nullable(z.string()),
+})
+export const ClusterContainers = z.array(NodeContainersView)
+
 /** A GET request arrives as query strings: numbers and booleans are read from text. */
 export const LogsRequest = z.strictObject({
   container: ContainerName,
@@ -205,6 +228,12 @@ export const routes = {
     response: ContainerStatusView,
   },
   containerRemove: { method: 'POST', path: '/v1/containers/remove', request: ContainerRef, response: Empty },
+  clusterContainers: {
+    method: 'GET',
+    path: '/v1/cluster/containers',
+    request: ClusterContainersRequest,
+    response: ClusterContainers,
+  },
 } as const
 
 /** Streaming routes: the response is newline-delimited JSON, one item per line, until the client leaves. */

@@ -1,5 +1,5 @@
-// Containers on this node: list, create from a spec file, remove; their logs; exec in them. Containers are
-// local to the node for now (the scheduler will create them from workloads); these drive the runtime today.
+// Containers: list (this node's, one node's or every node's), create from a spec file and remove on this
+// node; logs of and exec in a container on any node (the agent proxies to the node that runs it).
 import { spawnSync } from 'node:child_process'
 import { readFile } from 'node:fs/promises'
 import { constants } from 'node:os'
@@ -93,12 +93,26 @@ export function registerContainerCommands(program: Command): void {
   const containers = program
     .command('containers')
     .alias('ctr')
-    .description('the containers on this node (create and rm below)')
-    .action(async (_opts: unknown, cmd: Command) => {
+    .description('the containers on this node, on one node (--node) or on all (--all); create and rm below')
+    .option('--all', 'every node of the cluster, with a NODE column')
+    .option('--node <node>', "one node's containers (its name or id)")
+    .action(async (opts: { all?: boolean; node?: string }, cmd: Command) => {
       const g = globals(cmd)
-      const list = await new ApiClient(g.socket).containers()
-      if (g.json) return printJson(list)
-      printTable(['NAME', 'STATE', 'IP', 'PROCESSES', 'RESTARTS', 'REASON'], list.map(containerRow))
+      const client = new ApiClient(g.socket)
+      if (!opts.all && opts.node === undefined) {
+        const list = await client.containers()
+        if (g.json) return printJson(list)
+        return printTable(['NAME', 'STATE', 'IP', 'PROCESSES', 'RESTARTS', 'REASON'], list.map(containerRow))
+      }
+      const nodes = await client.clusterContainers({ node: opts.node })
+      for (const n of nodes)
+        if (n.error !== null) process.stderr.write(`km1s: no containers from node ${n.node}: ${n.error}\n`)
+      const all = nodes.flatMap((n) => n.containers.map((c) => ({ node: n.node, ...c })))
+      if (g.json) return printJson(all)
+      printTable(
+        ['NODE', 'NAME', 'STATE', 'IP', 'PROCESSES', 'RESTARTS', 'REASON'],
+        all.map((c) => [c.node, ...containerRow(c)]),
+      )
     })
 
   containers
@@ -132,7 +146,7 @@ export function registerContainerCommands(program: Command): void {
 
   program
     .command('logs')
-    .description("a container's output: stdout and stderr of its processes, oldest first")
+    .description("a container's output on any node: stdout and stderr of its processes, oldest first")
     .argument('<container>', 'the container')
     .option('-f, --follow', 'keep printing new lines until interrupted')
     .option('--process <name>', 'only this process')
@@ -149,7 +163,10 @@ export function registerContainerCommands(program: Command): void {
         const client = new ApiClient(g.socket)
         let prefixed = false
         if (opts.process === undefined && !g.json) {
-          const c = (await client.containers()).find((x) => x.name === container)
+          // Here, else wherever it runs (which gives an unknown container its error before any output).
+          const c =
+            (await client.containers()).find((x) => x.name === container) ??
+            (await client.clusterContainers({ container }))[0]?.containers[0]
           prefixed = (c?.processes.length ?? 0) > 1
         }
         exitQuietlyOnEpipe()
@@ -163,7 +180,7 @@ export function registerContainerCommands(program: Command): void {
 
   program
     .command('exec')
-    .description('run a command in a container (-it for an interactive terminal); exits with its status')
+    .description('run a command in a container on any node (-it for a terminal); exits with its status')
     .argument('<container>', 'the container')
     .argument('<command...>', 'the command and its arguments, after --')
     .option('-i, --interactive', "send this terminal's input to the command")
