@@ -9,7 +9,8 @@ import { KM1S_VERSION } from '../common/version.ts'
 import { type DetectorConfig, Membership } from '../membership/index.ts'
 import { createMesh, loadOrCreateIdentity, type Mesh, readClusterSecret } from '../mesh/index.ts'
 import type { PeerBookEntry } from '../mesh/peer-book.ts'
-import { createRuntime, type Runtime, type RuntimeChoice } from '../runtime/index.ts'
+import { NodeNetwork } from '../network/index.ts'
+import { createRuntime, instanceId, type Runtime, type RuntimeChoice } from '../runtime/index.ts'
 import { type NodeValue, Replication, Store, type WireRecord } from '../state/index.ts'
 import { createHandlers } from './handlers.ts'
 import {
@@ -40,8 +41,14 @@ export interface AgentConfig {
   runDir?: string
   /** Container logs (default /run/km1s/logs as root: RAM, because SD cards wear; else DATA_DIR/logs). */
   logDir?: string
-  /** This node's container subnet. */
+  /** This node's container subnet, fixed (--subnet); by default the node claims a /24 of clusterCidr. */
   subnet?: string
+  /** The cluster's container range (default 10.42.0.0/16). */
+  clusterCidr?: string
+  /** WireGuard's UDP port (default 51820). */
+  wgPort?: number
+  /** The node network and overlay; default: on for the oci runtime (auto or oci) as root. */
+  network?: boolean
   logger: Logger
 }
 
@@ -62,6 +69,7 @@ export class Agent {
   #membership: Membership | undefined
   #api: ApiServer | undefined
   #runtime: Runtime | undefined
+  #network: NodeNetwork | undefined
   #name = ''
   #stopping: Promise<void> | undefined
 
@@ -131,6 +139,21 @@ export class Agent {
     const pubsub = mesh.libp2p.services.pubsub
     this.#replication = new Replication({ store, libp2p: mesh.libp2p, pubsub, logger })
     await this.#replication.start()
+    // The key goes into the node record, which membership writes as it starts.
+    if (this.#networkWanted()) {
+      this.#network = new NodeNetwork({
+        store,
+        nodes: { members: () => this.#membership?.members() ?? [] },
+        instance: instanceId(mesh.peerId.toString()),
+        dataDir,
+        clusterCidr: this.config.clusterCidr,
+        fixedSubnet: this.config.subnet,
+        wgPort: this.config.wgPort,
+        waitForSync: () => this.#waitForFirstSync(),
+        log: logger,
+      })
+      await this.#network.prepare()
+    }
     this.#membership = new Membership({
       self: mesh.peerId,
       bus: pubsub,
@@ -142,16 +165,18 @@ export class Agent {
       forgetAfterMs: this.config.forgetAfterMs,
     })
     await this.#membership.start()
+    await this.#network?.start()
     this.#runtime = await createRuntime({
       choice: this.config.runtime ?? 'auto',
       peerId: mesh.peerId.toString(),
       dataDir,
       runDir: this.config.runDir,
       logDir: this.config.logDir,
-      subnet: this.config.subnet,
+      subnet: this.#network?.subnet ?? this.config.subnet,
       logger,
     })
     await this.#runtime?.start()
+    this.#network?.onSubnetChange(async (cidr) => this.#runtime?.setSubnet?.(cidr))
     const { handlers, streams, upgrades } = createHandlers({
       name: () => this.#name,
       dataDir,
@@ -161,6 +186,7 @@ export class Agent {
       store,
       replication: this.#replication,
       runtime: this.#runtime,
+      network: this.#network,
     })
     this.#api = new ApiServer({ socket: this.config.socket, handlers, streams, upgrades, logger })
     await this.#api.start()
@@ -180,6 +206,7 @@ export class Agent {
     const steps: Array<[string, () => Promise<void> | void]> = [
       ['api', () => this.#api?.stop()],
       ['runtime', () => this.#runtime?.stop()],
+      ['network', () => this.#network?.stop()],
       ['membership', () => this.#membership?.stop()],
       ['replication', () => this.#replication?.stop()],
       ['mesh', () => this.#mesh?.stop()],
@@ -197,9 +224,29 @@ export class Agent {
     this.#log.info('agent stopped')
   }
 
+  #networkWanted(): boolean {
+    const choice = this.config.runtime ?? 'auto'
+    return this.config.network ?? (process.getuid?.() === 0 && (choice === 'auto' || choice === 'oci'))
+  }
+
+  /**
+   * On a first start the subnet claim waits for the records of peers (≤ 2 s), so that it sees their claims:
+   * until a sync session finished, or at once when no peer is known at all (a lone first node).
+   */
+  async #waitForFirstSync(): Promise<void> {
+    const deadline = Date.now() + 2_000
+    while (Date.now() < deadline) {
+      if ((this.#replication?.stats().syncSessions ?? 0) > 0) return
+      const mesh = this.#mesh?.stats()
+      if (Date.now() > deadline - 1_700 && mesh?.knownPeers === 0 && mesh.connectedPeers === 0) return
+      await new Promise((r) => setTimeout(r, 25))
+    }
+  }
+
   #selfInfo(): NodeValue {
     return {
-      wgPublicKey: null,
+      wgPublicKey: this.#network?.publicKey ?? null,
+      ...(this.#network ? { wgPort: this.#network.port } : {}),
       name: this.#name,
       arch: archName(),
       cpus: availableParallelism(),

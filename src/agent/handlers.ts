@@ -6,6 +6,7 @@ import { Km1sError } from '../common/errors.ts'
 import { KM1S_VERSION } from '../common/version.ts'
 import { type Member, type Membership, resolveNode } from '../membership/index.ts'
 import type { Mesh } from '../mesh/index.ts'
+import type { NodeNetwork } from '../network/index.ts'
 import { startExec } from '../runtime/exec.ts'
 import type { ContainerStatus, Runtime } from '../runtime/types.ts'
 import { encodeHlc, type Replication, type Store } from '../state/index.ts'
@@ -20,6 +21,8 @@ export interface HandlerDeps {
   replication: Replication
   /** The node's container runtime; undefined when the agent runs none (the container routes say so). */
   runtime: Runtime | undefined
+  /** The node network; undefined when the agent runs none. */
+  network?: NodeNetwork | undefined
 }
 
 function labelsOf(store: Store, id: string): Record<string, string> {
@@ -87,7 +90,8 @@ export function createHandlers(d: HandlerDeps): {
       const now = Date.now()
       return membership.members().map((m) => nodeView(m, store, now))
     },
-    status: (): StatusView => {
+    status: async (): Promise<StatusView> => {
+      const network = await d.network?.status()
       const counts = { alive: 0, suspect: 0, dead: 0 }
       for (const m of membership.members()) counts[m.state]++
       const mem = process.memoryUsage()
@@ -110,6 +114,7 @@ export function createHandlers(d: HandlerDeps): {
           ...replication.stats(),
         },
         memory: { rss: mem.rss, heapUsed: mem.heapUsed },
+        ...(network ? { network } : {}),
       }
     },
     label: async (req) => {
