@@ -18,6 +18,7 @@ import {
   claimsOf,
   DEFAULT_CLUSTER_CIDR,
   decideSubnet,
+  isNodeSubnet,
   parseClusterCidr,
   SubnetClaimValue,
 } from './subnet.ts'
@@ -28,6 +29,7 @@ import {
   parseWgDump,
   planWgSet,
   runTool,
+  WgKey,
   type WgPeerWanted,
   type WgState,
   wgInterfaceName,
@@ -311,14 +313,18 @@ export class NodeNetwork {
   /** Each peer's wanted WireGuard config, from the node records and the subnet claims. */
   #wantedPeers(): Array<WgPeerWanted & { id: string; state: string; subnet: string | null }> {
     const subnets = new Map<string, string[]>()
+    const cluster = parseClusterCidr(this.#cluster)
     for (const c of claimsOf(this.#init.store.list('subnet/').filter((r) => !r.deleted))) {
+      // Only /24s of the cluster range: a record naming 0.0.0.0/0 must not pull all traffic to one peer.
+      if (!isNodeSubnet(cluster, c.cidr)) continue
       subnets.set(c.peer, [...(subnets.get(c.peer) ?? []), c.cidr])
     }
     const peers: Array<WgPeerWanted & { id: string; state: string; subnet: string | null }> = []
     const seen = new Set<string>()
     for (const m of this.#init.nodes.members()) {
       const key = m.info.wgPublicKey
-      if (m.self || key === null || seen.has(key) || key === this.#publicKey) continue
+      if (m.self || key === null || !WgKey.safeParse(key).success || seen.has(key) || key === this.#publicKey)
+        continue
       seen.add(key)
       const cidrs = (subnets.get(m.id) ?? []).sort()
       peers.push({
@@ -341,6 +347,18 @@ export class NodeNetwork {
   async #applyOverlay(): Promise<void> {
     const device = this.#device as WgDevice
     await device.ensure()
+    // Up before the peers: WireGuard sends the first keepalive (and so a handshake) when a peer with a
+    // persistent keepalive is configured on an interface that is up. A restarted node is then reachable at
+    // once, instead of after the peers' 15 s of unanswered packets before they handshake again.
+    const lines = planOverlayLink(await this.#observeLink(), {
+      ifname: this.#ifname,
+      clusterCidr: this.#cluster,
+      src: bridgeAddress(this.#claim?.cidr as string),
+    })
+    if (lines.length > 0) {
+      this.#log.debug({ lines }, 'routing the cluster range through WireGuard')
+      await runIpBatch(lines)
+    }
     const want = {
       publicKey: this.#publicKey as string,
       listenPort: this.#port,
@@ -350,15 +368,6 @@ export class NodeNetwork {
     if (args.length > 0) {
       this.#log.debug({ ifname: this.#ifname, args }, 'configuring WireGuard')
       await runTool('wg', ['set', this.#ifname, ...args])
-    }
-    const lines = planOverlayLink(await this.#observeLink(), {
-      ifname: this.#ifname,
-      clusterCidr: this.#cluster,
-      src: bridgeAddress(this.#claim?.cidr as string),
-    })
-    if (lines.length > 0) {
-      this.#log.debug({ lines }, 'routing the cluster range through WireGuard')
-      await runIpBatch(lines)
     }
   }
 

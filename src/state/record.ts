@@ -68,7 +68,8 @@ export const NodeValue = z.strictObject({
   addresses: z.array(z.string().check(z.maxLength(200))).check(z.maxLength(16)),
   startedAt: z.number().check(z.int(), z.minimum(0)),
   /** The node's WireGuard public key, once the network subsystem has one. */
-  wgPublicKey: z.nullable(z.string().check(z.maxLength(64))),
+  // A base64 X25519 key exactly: it becomes an argument of `wg set` on every other node.
+  wgPublicKey: z.nullable(z.string().check(z.regex(/^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$/))),
   /** The node's WireGuard UDP port; its underlay endpoints are the IPs of `addresses` (network/). */
   wgPort: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(65535))),
 })

@@ -18,6 +18,7 @@ import {
   wgInterfaceName,
   wgPublicKey,
 } from '../../../src/network/wireguard.ts'
+import { NodeValue } from '../../../src/state/record.ts'
 
 const hasWg = (() => {
   try {
@@ -304,5 +305,25 @@ describe('doctor overlay lines', () => {
   it('says when the agent runs no network, and fails on an apply error', () => {
     assert.equal(overlayChecks(undefined, 0)[0]?.level, 'warn')
     assert.equal(overlayChecks({ ...base, lastError: 'nft: boom', peers: [] }, 0)[0]?.level, 'fail')
+  })
+})
+
+describe('the WireGuard fields of the node record', () => {
+  const node = {
+    name: 'n1',
+    arch: 'amd64',
+    cpus: 2,
+    memory: 1,
+    version: '0.1.0',
+    addresses: ['/ip4/198.18.0.11/tcp/4100'],
+    startedAt: 1,
+  }
+  it('takes a real key and port, refuses anything that could become another wg argument', () => {
+    assert.ok(NodeValue.safeParse({ ...node, wgPublicKey: K1, wgPort: 51820 }).success)
+    assert.ok(NodeValue.safeParse({ ...node, wgPublicKey: null }).success)
+    for (const bad of ['remove', `${K1} remove`, '--help', K1.slice(1), 'x'.repeat(44)])
+      assert.ok(!NodeValue.safeParse({ ...node, wgPublicKey: bad }).success, bad)
+    assert.ok(!NodeValue.safeParse({ ...node, wgPublicKey: K1, wgPort: 0 }).success)
+    assert.ok(!NodeValue.safeParse({ ...node, wgPublicKey: K1, wgPort: 70000 }).success)
   })
 })
