@@ -38,9 +38,16 @@ async function ipOf(node: LabNode, container: string): Promise<string> {
   return row.ip
 }
 
+const instances = new Map<string, string>()
+
 /** Runs `cmd` in the network namespace of `container` on `node`, as root (ping needs CAP_NET_RAW). */
 async function inContainer(node: LabNode, container: string, cmd: string[], timeoutMs = 10_000) {
-  const inst = instanceId((await status(node)).id)
+  // The peer id does not change across restarts: ask once per node.
+  let inst = instances.get(node.name)
+  if (inst === undefined) {
+    inst = instanceId((await status(node)).id)
+    instances.set(node.name, inst)
+  }
   return node.exec(['nsenter', `--net=/run/netns/km1s-${inst}-${container}`, ...cmd], { timeoutMs })
 }
 
