@@ -5,6 +5,7 @@ export * from './container-net.ts'
 export { WgDevice, type WgDeviceStats, type WgKind } from './device.ts'
 export { applyNftables, NFT_TABLE, type NftablesInput, renderNftables } from './nftables.ts'
 export {
+  claimRecordAction,
   type NetworkStatus,
   type NetworkStore,
   type NodeDirectory,

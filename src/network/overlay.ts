@@ -16,6 +16,7 @@ import { applyNftables, renderNftables } from './nftables.ts'
 import {
   type Claim,
   claimsOf,
+  claimWins,
   DEFAULT_CLUSTER_CIDR,
   decideSubnet,
   isNodeSubnet,
@@ -118,6 +119,8 @@ export class NodeNetwork {
   #applies = 0
   #applyErrors = 0
   #lastError: string | null = null
+  /** A subnet conflict this node cannot settle (its --subnet is another node's); shown as the error. */
+  #conflictNote: string | null = null
   #timer: NodeJS.Timeout | undefined
   #debounce: NodeJS.Timeout | undefined
   #running: Promise<void> | undefined
@@ -237,6 +240,11 @@ export class NodeNetwork {
     }
   }
 
+  #conflict(message: string | null): void {
+    if (message !== null && message !== this.#conflictNote) this.#log.warn(message)
+    this.#conflictNote = message
+  }
+
   #failed(err: unknown): void {
     this.#applyErrors++
     const message = errorMessage(err)
@@ -271,14 +279,16 @@ export class NodeNetwork {
       this.#claim = claim
     }
     const key = `subnet/${claim.cidr}`
-    const current = store.get(key)
     const value: SubnetClaimValue = { peer: self, claimedAt: claim.claimedAt }
-    const held =
-      current !== undefined && !current.deleted && SubnetClaimValue.safeParse(current.value).success
-    const same = held && (current.value as SubnetClaimValue).peer === self
-    if (!same || (current.value as SubnetClaimValue).claimedAt !== claim.claimedAt) {
-      // Ours, or a later claim of the same subnet that our earlier one beats: say so again.
-      await store.put(key, value, { durable: true })
+    const parsed = SubnetClaimValue.safeParse(store.get(key)?.value)
+    const action = claimRecordAction(parsed.success ? parsed.data : undefined, value)
+    if (action === 'conflict') {
+      this.#conflict(
+        `the fixed subnet ${claim.cidr} is claimed earlier by node ${parsed.data?.peer}; start this agent with another --subnet`,
+      )
+    } else {
+      this.#conflict(null)
+      if (action === 'write') await store.put(key, value, { durable: true })
     }
     for (const r of store.list('subnet/')) {
       if (r.key !== key && !r.deleted && (r.value as { peer?: unknown } | null)?.peer === self) {
@@ -406,7 +416,7 @@ export class NodeNetwork {
       listenPort: state?.listenPort ?? this.#port,
       applies: this.#applies,
       applyErrors: this.#applyErrors,
-      lastError: this.#lastError,
+      lastError: this.#conflictNote ?? this.#lastError,
       peers: this.#wantedPeers().map((p) => {
         const s = byKey.get(p.publicKey)
         return {
@@ -423,6 +433,20 @@ export class NodeNetwork {
       }),
     }
   }
+}
+
+/**
+ * What to do with the `subnet/` record of the subnet this node decided on: `write` it (absent, ours but
+ * outdated, or a later claim that ours beats), `keep` it (ours), or `conflict`: an earlier claim of another
+ * node, which only a fixed --subnet, that never moves, can meet; rewriting would fight that claim forever.
+ */
+export function claimRecordAction(
+  recorded: SubnetClaimValue | undefined,
+  mine: SubnetClaimValue,
+): 'write' | 'keep' | 'conflict' {
+  if (recorded === undefined) return 'write'
+  if (recorded.peer === mine.peer) return recorded.claimedAt === mine.claimedAt ? 'keep' : 'write'
+  return claimWins(recorded, mine) ? 'conflict' : 'write'
 }
 
 export interface OverlayLinkState {

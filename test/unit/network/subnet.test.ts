@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import fc from 'fast-check'
+import { claimRecordAction } from '../../../src/network/overlay.ts'
 import {
   type Claim,
   chooseSubnet,
@@ -176,5 +177,16 @@ describe('subnet records', () => {
     assert.ok(!schema.safeParse({ peer: A }).success)
     assert.ok(!schema.safeParse({ peer: A, claimedAt: 1, extra: 1 }).success)
     assert.ok(!schema.safeParse({ peer: 'x', claimedAt: 1 }).success)
+  })
+})
+
+describe('claimRecordAction', () => {
+  it('writes a missing, outdated or beaten record, keeps its own, and never fights an earlier claim', () => {
+    const mine = { peer: A, claimedAt: 10 }
+    assert.equal(claimRecordAction(undefined, mine), 'write')
+    assert.equal(claimRecordAction(mine, mine), 'keep')
+    assert.equal(claimRecordAction({ peer: A, claimedAt: 3 }, mine), 'write')
+    assert.equal(claimRecordAction({ peer: B, claimedAt: 20 }, mine), 'write')
+    assert.equal(claimRecordAction({ peer: B, claimedAt: 5 }, mine), 'conflict')
   })
 })
