@@ -15,6 +15,8 @@ const STOP_WAIT_MS = 2_000
 const RESTART_MIN_MS = 100
 const RESTART_MAX_MS = 5_000
 
+let SETPRIV: string | null | undefined
+
 export type WgKind = 'kernel' | 'wireguard-go'
 
 export interface WgDeviceInit {
@@ -109,7 +111,10 @@ export class WgDevice {
   }
 
   async #spawn(): Promise<void> {
-    const child = spawn('wireguard-go', [this.ifname], {
+    // setpriv sets the parent-death signal, then execs wireguard-go (same pid, still our child): an agent
+    // killed with -9 takes its wireguard-go along instead of leaving it holding the interface.
+    const [file, args] = this.#withPdeathsig(['wireguard-go', this.ifname])
+    const child = spawn(file, args, {
       env: {
         ...process.env,
         WG_PROCESS_FOREGROUND: '1',
@@ -152,6 +157,11 @@ export class WgDevice {
     }
     this.#failures = 0
     this.#log.info({ ifname: this.ifname, pid: child.pid }, 'wireguard-go is running')
+  }
+
+  #withPdeathsig(argv: string[]): [string, string[]] {
+    SETPRIV ??= ['/usr/bin/setpriv', '/bin/setpriv'].find((p) => existsSync(p)) ?? null
+    return SETPRIV === null ? [argv[0] as string, argv.slice(1)] : [SETPRIV, ['--pdeathsig', 'KILL', ...argv]]
   }
 
   #scheduleRestart(): void {

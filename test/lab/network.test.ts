@@ -241,6 +241,24 @@ describe('overlay network', { skip: isRoot ? false : 'needs root' }, () => {
     await reach(n(4), 'web4', await ipOf(n(2), 'web2'), 'web2')
   })
 
+  it('an agent killed with -9 takes its wireguard-go along, and comes back with the overlay', async () => {
+    const before = (await status(n(3))).network
+    const pid = before?.pid as number
+    await n(3).kill('SIGKILL')
+    await waitFor(
+      'the wireguard-go of n3 to end',
+      async () =>
+        !existsSync(`/proc/${pid}/cmdline`) || readFileSync(`/proc/${pid}/stat`, 'utf8').includes(') Z '),
+      {
+        timeoutMs: 5_000,
+        intervalMs: 50,
+      },
+    )
+    await startAgent(n(3), { runtime: 'oci', extraArgs: agentArgs(n(3)) })
+    assert.equal((await status(n(3))).network?.subnet, before?.subnet)
+    await reach(n(1), 'web1', await ipOf(n(3), 'web3'), 'web3')
+  })
+
   it('two nodes claiming one subnet: the later claim moves, and both work', async () => {
     const n2 = n(2)
     const n5 = n(5)
