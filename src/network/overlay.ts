@@ -204,12 +204,6 @@ export class NodeNetwork {
     await this.#device?.stop()
   }
 
-  /** Runs the whole apply now (tests, `km1s doctor`); the same as the periodic one. */
-  apply(): Promise<void> {
-    this.#schedule(0)
-    return this.#running ?? Promise.resolve()
-  }
-
   #schedule(delay: number): void {
     if (this.#stopped || !this.#started) return
     if (this.#running) {
