@@ -13,7 +13,9 @@ export {
   type NodeNetworkInit,
   type OverlayLinkState,
   type PeerOverlay,
+  type PeerWanted,
   planOverlayLink,
+  wantedPeers,
 } from './overlay.ts'
 export * from './subnet.ts'
 export * from './wireguard.ts'

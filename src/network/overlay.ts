@@ -10,7 +10,14 @@ import { writeFileAtomic } from '../common/files.ts'
 import type { Logger } from '../common/logger.ts'
 import * as z from '../common/schema.ts'
 import type { JsonValue, NodeValue, SignedRecord, StoreChange } from '../state/index.ts'
-import { BRIDGE, bridgeAddress, CONTAINER_MTU, ensureBridge, parseSubnet } from './container-net.ts'
+import {
+  BRIDGE,
+  bridgeAddress,
+  CONTAINER_MTU,
+  ensureBridge,
+  parseSubnet,
+  type Subnet,
+} from './container-net.ts'
 import { WgDevice, type WgKind } from './device.ts'
 import { applyNftables, renderNftables } from './nftables.ts'
 import {
@@ -314,34 +321,13 @@ export class NodeNetwork {
 
   // --- the overlay -------------------------------------------------------------------------------------
 
-  /** Each peer's wanted WireGuard config, from the node records and the subnet claims. */
-  #wantedPeers(): Array<WgPeerWanted & { id: string; state: string; subnet: string | null }> {
-    const subnets = new Map<string, string[]>()
-    const cluster = parseClusterCidr(this.#cluster)
-    for (const c of claimsOf(this.#init.store.list('subnet/').filter((r) => !r.deleted))) {
-      // Only /24s of the cluster range: a record naming 0.0.0.0/0 must not pull all traffic to one peer.
-      if (!isNodeSubnet(cluster, c.cidr)) continue
-      subnets.set(c.peer, [...(subnets.get(c.peer) ?? []), c.cidr])
-    }
-    const peers: Array<WgPeerWanted & { id: string; state: string; subnet: string | null }> = []
-    const seen = new Set<string>()
-    for (const m of this.#init.nodes.members()) {
-      const key = m.info.wgPublicKey
-      if (m.self || key === null || !WgKey.safeParse(key).success || seen.has(key) || key === this.#publicKey)
-        continue
-      seen.add(key)
-      const cidrs = (subnets.get(m.id) ?? []).sort()
-      peers.push({
-        id: m.id,
-        state: m.state,
-        name: m.info.name,
-        publicKey: key,
-        allowedIps: cidrs,
-        subnet: cidrs[0] ?? null,
-        endpoints: endpointsOf(m.info.addresses, m.info.wgPort ?? DEFAULT_WG_PORT),
-      })
-    }
-    return peers
+  #wantedPeers(): PeerWanted[] {
+    return wantedPeers({
+      cluster: parseClusterCidr(this.#cluster),
+      members: this.#init.nodes.members(),
+      claims: claimsOf(this.#init.store.list('subnet/').filter((r) => !r.deleted)),
+      selfKey: this.#publicKey,
+    })
   }
 
   async #dump(): Promise<WgState> {
@@ -441,6 +427,44 @@ export function claimRecordAction(
   if (recorded === undefined) return 'write'
   if (recorded.peer === mine.peer) return recorded.claimedAt === mine.claimedAt ? 'keep' : 'write'
   return claimWins(recorded, mine) ? 'conflict' : 'write'
+}
+
+export type PeerWanted = WgPeerWanted & { id: string; state: string; subnet: string | null }
+
+/**
+ * Each peer's wanted WireGuard config (pure): every other node with a valid key, its /24s of the cluster
+ * range as allowed IPs, its underlay endpoints. A claim outside the range (a record naming 0.0.0.0/0) must
+ * not pull all traffic to one peer; a key that is ours or another node's already is skipped.
+ */
+export function wantedPeers(opts: {
+  cluster: Subnet
+  members: ReturnType<NodeDirectory['members']>
+  claims: readonly Claim[]
+  selfKey: string | null
+}): PeerWanted[] {
+  const subnets = new Map<string, string[]>()
+  for (const c of opts.claims) {
+    if (isNodeSubnet(opts.cluster, c.cidr)) subnets.set(c.peer, [...(subnets.get(c.peer) ?? []), c.cidr])
+  }
+  const peers: PeerWanted[] = []
+  const seen = new Set<string>()
+  for (const m of opts.members) {
+    const key = m.info.wgPublicKey
+    if (m.self || key === null || !WgKey.safeParse(key).success || seen.has(key) || key === opts.selfKey)
+      continue
+    seen.add(key)
+    const cidrs = (subnets.get(m.id) ?? []).sort()
+    peers.push({
+      id: m.id,
+      state: m.state,
+      name: m.info.name,
+      publicKey: key,
+      allowedIps: cidrs,
+      subnet: cidrs[0] ?? null,
+      endpoints: endpointsOf(m.info.addresses, m.info.wgPort ?? DEFAULT_WG_PORT),
+    })
+  }
+  return peers
 }
 
 export interface OverlayLinkState {

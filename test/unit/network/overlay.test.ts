@@ -6,7 +6,8 @@ import { join } from 'node:path'
 import { describe, it } from 'node:test'
 import { overlayChecks } from '../../../src/doctor/overlay.ts'
 import { renderNftables } from '../../../src/network/nftables.ts'
-import { planOverlayLink } from '../../../src/network/overlay.ts'
+import { planOverlayLink, wantedPeers } from '../../../src/network/overlay.ts'
+import { parseClusterCidr } from '../../../src/network/subnet.ts'
 import {
   endpointsOf,
   generateWgPrivateKey,
@@ -325,5 +326,64 @@ describe('the WireGuard fields of the node record', () => {
       assert.ok(!NodeValue.safeParse({ ...node, wgPublicKey: bad }).success, bad)
     assert.ok(!NodeValue.safeParse({ ...node, wgPublicKey: K1, wgPort: 0 }).success)
     assert.ok(!NodeValue.safeParse({ ...node, wgPublicKey: K1, wgPort: 70000 }).success)
+  })
+})
+
+describe('wantedPeers', () => {
+  const cluster = parseClusterCidr('10.42.0.0/16')
+  const P1 = '12D3KooWAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA'
+  const P2 = '12D3KooWBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB'
+  const P3 = '12D3KooWCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCC'
+  const info = (name: string, key: string | null, ip: string, wgPort?: number) => ({
+    name,
+    arch: 'amd64',
+    cpus: 2,
+    memory: 1,
+    version: '0.1.0',
+    addresses: [`/ip4/${ip}/tcp/4100`],
+    startedAt: 1,
+    wgPublicKey: key,
+    ...(wgPort ? { wgPort } : {}),
+  })
+
+  it('one peer per other node with a key: its /24s of the range, its endpoints, no one else', () => {
+    const peers = wantedPeers({
+      cluster,
+      selfKey: SELF,
+      members: [
+        { id: 'self', self: true, state: 'alive', info: info('n1', SELF, '198.18.0.11') },
+        { id: P1, self: false, state: 'alive', info: info('n2', K1, '198.18.0.12', 51999) },
+        { id: P2, self: false, state: 'dead', info: info('n3', K2, '198.18.0.13') },
+        // No key yet, or the same key as another node (a copied data directory): left out.
+        { id: P3, self: false, state: 'alive', info: info('n4', null, '198.18.0.14') },
+        { id: 'dup', self: false, state: 'alive', info: info('n5', K1, '198.18.0.15') },
+      ],
+      claims: [
+        { cidr: '10.42.2.0/24', peer: P1, claimedAt: 1 },
+        { cidr: '0.0.0.0/0', peer: P1, claimedAt: 1 },
+        { cidr: '10.43.0.0/24', peer: P2, claimedAt: 1 },
+        { cidr: '10.42.3.0/24', peer: P2, claimedAt: 1 },
+      ],
+    })
+    assert.deepEqual(peers, [
+      {
+        id: P1,
+        state: 'alive',
+        name: 'n2',
+        publicKey: K1,
+        allowedIps: ['10.42.2.0/24'],
+        subnet: '10.42.2.0/24',
+        endpoints: ['198.18.0.12:51999'],
+      },
+      {
+        id: P2,
+        state: 'dead',
+        name: 'n3',
+        publicKey: K2,
+        allowedIps: ['10.42.3.0/24'],
+        subnet: '10.42.3.0/24',
+        endpoints: ['198.18.0.13:51820'],
+      },
+    ])
   })
 })
