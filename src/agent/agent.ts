@@ -10,9 +10,9 @@ import { DnsService, type Upstream } from '../dns/index.ts'
 import { type DetectorConfig, Membership } from '../membership/index.ts'
 import { createMesh, loadOrCreateIdentity, type Mesh, readClusterSecret } from '../mesh/index.ts'
 import type { PeerBookEntry } from '../mesh/peer-book.ts'
-import { bridgeAddress } from '../network/index.ts'
+import { bridgeAddress, NodeNetwork } from '../network/index.ts'
 import { Remote } from '../remote/index.ts'
-import { createRuntime, type Runtime, type RuntimeChoice } from '../runtime/index.ts'
+import { createRuntime, instanceId, type Runtime, type RuntimeChoice } from '../runtime/index.ts'
 import { type NodeValue, Replication, Store, type WireRecord } from '../state/index.ts'
 import { createHandlers } from './handlers.ts'
 import {
@@ -43,12 +43,18 @@ export interface AgentConfig {
   runDir?: string
   /** Container logs (default /run/km1s/logs as root: RAM, because SD cards wear; else DATA_DIR/logs). */
   logDir?: string
-  /** This node's container subnet. */
+  /** This node's container subnet, fixed (--subnet); by default the node claims a /24 of clusterCidr. */
   subnet?: string
   /** The DNS server's port (53); null runs none. */
   dnsPort?: number | null
   /** Where other names go; undefined: the host's /etc/resolv.conf. */
   dnsUpstreams?: Upstream[]
+  /** The cluster's container range (default 10.42.0.0/16). */
+  clusterCidr?: string
+  /** WireGuard's UDP port (default 51820). */
+  wgPort?: number
+  /** The node network and overlay; default: on for the oci runtime (auto or oci) as root. */
+  network?: boolean
   logger: Logger
 }
 
@@ -71,6 +77,7 @@ export class Agent {
   #runtime: Runtime | undefined
   #dns: DnsService | undefined
   #remote: Remote | undefined
+  #network: NodeNetwork | undefined
   #name = ''
   #stopping: Promise<void> | undefined
 
@@ -140,6 +147,21 @@ export class Agent {
     const pubsub = mesh.libp2p.services.pubsub
     this.#replication = new Replication({ store, libp2p: mesh.libp2p, pubsub, logger })
     await this.#replication.start()
+    // The key goes into the node record, which membership writes as it starts.
+    if (this.#networkWanted()) {
+      this.#network = new NodeNetwork({
+        store,
+        nodes: { members: () => this.#membership?.members() ?? [] },
+        instance: instanceId(mesh.peerId.toString()),
+        dataDir,
+        clusterCidr: this.config.clusterCidr,
+        fixedSubnet: this.config.subnet,
+        wgPort: this.config.wgPort,
+        waitForSync: () => this.#waitForFirstSync(),
+        log: logger,
+      })
+      await this.#network.prepare()
+    }
     this.#membership = new Membership({
       self: mesh.peerId,
       bus: pubsub,
@@ -151,30 +173,37 @@ export class Agent {
       forgetAfterMs: this.config.forgetAfterMs,
     })
     await this.#membership.start()
+    await this.#network?.start()
     this.#runtime = await createRuntime({
       choice: this.config.runtime ?? 'auto',
       peerId: mesh.peerId.toString(),
       dataDir,
       runDir: this.config.runDir,
       logDir: this.config.logDir,
-      subnet: this.config.subnet,
+      subnet: this.#network?.subnet ?? this.config.subnet,
       logger,
     })
     await this.#runtime?.start()
+    // Loopback for the node itself; the bridge's .1 for its containers (their resolv.conf names it).
+    const dnsAddresses = (subnet: string | undefined) => [
+      '127.0.0.1',
+      ...(this.#runtime?.kind === 'oci' ? [bridgeAddress(subnet ?? '10.42.0.0/24')] : []),
+    ]
     const dnsPort = this.config.dnsPort === undefined ? 53 : this.config.dnsPort
     if (dnsPort !== null) {
-      // Loopback for the node itself; the bridge's .1 for its containers (their resolv.conf names it).
-      const bridge =
-        this.#runtime?.kind === 'oci' ? [bridgeAddress(this.config.subnet ?? '10.42.0.0/24')] : []
       this.#dns = new DnsService({
         store,
         port: dnsPort,
-        addresses: ['127.0.0.1', ...bridge],
+        addresses: dnsAddresses(this.#network?.subnet ?? this.config.subnet),
         upstreams: this.config.dnsUpstreams,
         logger,
       })
       await this.#dns.start()
     }
+    this.#network?.onSubnetChange(async (cidr) => {
+      await this.#runtime?.setSubnet?.(cidr)
+      await this.#dns?.setAddresses(dnsAddresses(cidr))
+    })
     const membership = this.#membership
     this.#remote = new Remote({
       libp2p: mesh.libp2p,
@@ -196,6 +225,7 @@ export class Agent {
       runtime: this.#runtime,
       dns: this.#dns,
       remote: this.#remote,
+      network: this.#network,
     })
     this.#api = new ApiServer({ socket: this.config.socket, handlers, streams, upgrades, logger })
     await this.#api.start()
@@ -217,6 +247,7 @@ export class Agent {
       ['dns', () => this.#dns?.stop()],
       ['remote', () => this.#remote?.stop()],
       ['runtime', () => this.#runtime?.stop()],
+      ['network', () => this.#network?.stop()],
       ['membership', () => this.#membership?.stop()],
       ['replication', () => this.#replication?.stop()],
       ['mesh', () => this.#mesh?.stop()],
@@ -234,9 +265,29 @@ export class Agent {
     this.#log.info('agent stopped')
   }
 
+  #networkWanted(): boolean {
+    const choice = this.config.runtime ?? 'auto'
+    return this.config.network ?? (process.getuid?.() === 0 && (choice === 'auto' || choice === 'oci'))
+  }
+
+  /**
+   * On a first start the subnet claim waits for the records of peers (≤ 2 s), so that it sees their claims:
+   * until a sync session finished, or at once when no peer is known at all (a lone first node).
+   */
+  async #waitForFirstSync(): Promise<void> {
+    const deadline = Date.now() + 2_000
+    while (Date.now() < deadline) {
+      if ((this.#replication?.stats().syncSessions ?? 0) > 0) return
+      const mesh = this.#mesh?.stats()
+      if (Date.now() > deadline - 1_700 && mesh?.knownPeers === 0 && mesh.connectedPeers === 0) return
+      await new Promise((r) => setTimeout(r, 25))
+    }
+  }
+
   #selfInfo(): NodeValue {
     return {
-      wgPublicKey: null,
+      wgPublicKey: this.#network?.publicKey ?? null,
+      ...(this.#network ? { wgPort: this.#network.port } : {}),
       name: this.#name,
       arch: archName(),
       cpus: availableParallelism(),

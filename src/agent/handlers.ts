@@ -7,6 +7,7 @@ import { KM1S_VERSION } from '../common/version.ts'
 import type { DnsService } from '../dns/index.ts'
 import { type Member, type Membership, resolveNode } from '../membership/index.ts'
 import type { Mesh } from '../mesh/index.ts'
+import type { NodeNetwork } from '../network/index.ts'
 import type { Remote } from '../remote/index.ts'
 import { startExec } from '../runtime/exec.ts'
 import type { ContainerStatus, Runtime } from '../runtime/types.ts'
@@ -26,6 +27,8 @@ export interface HandlerDeps {
   dns?: DnsService
   /** Logs and exec of containers on other nodes; without it they reach only this node's. */
   remote?: Remote
+  /** The node network; undefined when the agent runs none. */
+  network?: NodeNetwork | undefined
 }
 
 function labelsOf(store: Store, id: string): Record<string, string> {
@@ -109,7 +112,8 @@ export function createHandlers(d: HandlerDeps): {
       const now = Date.now()
       return membership.members().map((m) => nodeView(m, store, now))
     },
-    status: (): StatusView => {
+    status: async (): Promise<StatusView> => {
+      const network = await d.network?.status()
       const counts = { alive: 0, suspect: 0, dead: 0 }
       for (const m of membership.members()) counts[m.state]++
       const mem = process.memoryUsage()
@@ -140,6 +144,7 @@ export function createHandlers(d: HandlerDeps): {
         },
         dns: dnsView(d.dns),
         remote: d.remote?.stats() ?? { served: 0, asked: 0, badFrames: 0, failures: 0, open: 0 },
+        ...(network ? { network } : {}),
       }
     },
     label: async (req) => {

@@ -38,6 +38,38 @@ export const NodeView = z.object({
 export type NodeView = z.infer<typeof NodeView>
 export const NodeList = z.array(NodeView)
 
+/** The node network and its WireGuard overlay (network/ NetworkStatus); absent when the agent runs none. */
+export const NetworkView = z.object({
+  subnet: z.string(),
+  clusterCidr: z.string(),
+  bridge: z.string(),
+  mtu: z.number(),
+  interface: z.string(),
+  kind: z.nullable(z.string()),
+  pid: z.nullable(z.number()),
+  restarts: z.number(),
+  publicKey: z.string(),
+  listenPort: z.number(),
+  applies: z.number(),
+  applyErrors: z.number(),
+  lastError: z.nullable(z.string()),
+  peers: z.array(
+    z.object({
+      id: z.string(),
+      name: z.string(),
+      state: z.string(),
+      publicKey: z.string(),
+      subnet: z.nullable(z.string()),
+      endpoint: z.nullable(z.string()),
+      /** ms since the epoch; null = never. */
+      latestHandshake: z.nullable(z.number()),
+      rxBytes: z.number(),
+      txBytes: z.number(),
+    }),
+  ),
+})
+export type NetworkView = z.infer<typeof NetworkView>
+
 export const StatusView = z.object({
   name: z.string(),
   id: z.string(),
@@ -103,6 +135,7 @@ export const StatusView = z.object({
     failures: z.number(),
     open: z.number(),
   }),
+  network: z.optional(NetworkView),
 })
 export type StatusView = z.infer<typeof StatusView>
 

@@ -1,7 +1,9 @@
 // `km1s doctor`: what this host can and cannot do for km1s, and what to install or enable.
 // Probes (probe.ts) gather facts and try things in a throw-away network namespace; verdicts.ts judges them.
 import { resolve } from 'node:path'
+import { ApiClient } from '../api/client.ts'
 import { detectOciRuntime } from '../runtime/detect.ts'
+import { overlayChecks } from './overlay.ts'
 import {
   defaultDataDir,
   findTool,
@@ -35,6 +37,8 @@ export type { CgroupInfo, CgroupLayout, CheckLevel, DoctorCheck, DoctorReport, H
 export interface DoctorOptions {
   /** The km1s data directory whose filesystem must have room; defaults as `--data-dir` does. */
   dataDir?: string
+  /** The agent's API socket: when an agent answers there, the doctor adds its overlay per peer. */
+  socket?: string
 }
 
 // Runs in one process share the namespace name km1s-doctor-<pid>, so they take turns.
@@ -86,6 +90,10 @@ async function diagnose(opts: DoctorOptions): Promise<DoctorReport> {
     checkNode(process.versions.node),
     checkDisk(disk),
   ]
+  if (opts.socket !== undefined) {
+    const status = await new ApiClient(opts.socket, { timeoutMs: 3_000 }).status().catch(() => undefined)
+    if (status !== undefined) checks.push(...overlayChecks(status.network, Date.now()))
+  }
   return { checks, ok: checks.every((c) => c.level !== 'fail') }
 }
 

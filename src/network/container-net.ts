@@ -17,6 +17,11 @@ export const NETNS_DIR = '/run/netns'
 export const VETH_PATTERN = /^km1s[0-9a-f]{11}$/
 export const MIN_PREFIX = 16
 export const MAX_PREFIX = 30
+/**
+ * The MTU of the bridge and of every container veth: the underlay's 1500 less WireGuard's 80 bytes of
+ * overhead (IPv6 outer header), so a packet that crosses the overlay never needs fragmenting.
+ */
+export const CONTAINER_MTU = 1420
 
 const NSFS_MAGIC = 0x6e736673
 const IP_TIMEOUT_MS = 10_000
@@ -197,6 +202,7 @@ const IpLink = z.object({
   master: z.optional(z.string()),
   address: z.optional(z.string()),
   inet6_addr_gen_mode: z.optional(z.string()),
+  mtu: z.optional(z.number()),
   linkinfo: z.optional(z.object({ info_kind: z.optional(z.string()) })),
   addr_info: z.optional(z.array(IpAddr)),
 })
@@ -214,6 +220,7 @@ export interface LinkState {
   up: boolean
   mac: string | null
   addrGenMode: string | null
+  mtu: number | null
   /** 'a.b.c.d/p' */
   inet: string[]
   /** 'x::y/p' */
@@ -264,6 +271,7 @@ export function parseNetnsState(stdout: string): NetnsState {
         up: l.flags.includes('UP'),
         mac: l.address ?? null,
         addrGenMode: l.inet6_addr_gen_mode ?? null,
+        mtu: l.mtu ?? null,
         inet: of('inet'),
         inet6: of('inet6'),
       }
@@ -287,7 +295,7 @@ export function planBridge(state: NetnsState, wanted: BridgeWanted): string[] {
   const br = state.links.find((l) => l.name === BRIDGE)
   if (br === undefined) {
     return [
-      `link add name ${BRIDGE} address ${mac} type bridge`,
+      `link add name ${BRIDGE} address ${mac} mtu ${CONTAINER_MTU} type bridge`,
       ...(wanted.ipv6 ? [`link set dev ${BRIDGE} addrgenmode none`] : []),
       `addr add ${addr} dev ${BRIDGE}`,
       `link set dev ${BRIDGE} up`,
@@ -301,6 +309,7 @@ export function planBridge(state: NetnsState, wanted: BridgeWanted): string[] {
   }
   const lines: string[] = []
   if (br.mac !== mac) lines.push(`link set dev ${BRIDGE} address ${mac}`)
+  if (br.mtu !== CONTAINER_MTU) lines.push(`link set dev ${BRIDGE} mtu ${CONTAINER_MTU}`)
   // Without this the kernel adds a link-local address again as soon as the first port brings carrier.
   if (wanted.ipv6 && br.addrGenMode !== 'none') lines.push(`link set dev ${BRIDGE} addrgenmode none`)
   for (const a of br.inet6) lines.push(`addr del ${a} dev ${BRIDGE}`)
@@ -362,12 +371,15 @@ export function planAttach(host: NetnsState, container: NetnsState, wanted: Atta
     if (eth0 !== undefined) plan.containerFirst.push(`link del dev ${CONTAINER_IF}`)
     if (veth !== undefined) plan.host.push(`link del dev ${vname}`)
     // Made in the host namespace with the peer born in the container's: nothing ever appears elsewhere.
-    plan.host.push(`link add name ${vname} type veth peer name ${CONTAINER_IF} netns ${netns}`)
+    plan.host.push(
+      `link add name ${vname} mtu ${CONTAINER_MTU} type veth peer name ${CONTAINER_IF} mtu ${CONTAINER_MTU} netns ${netns}`,
+    )
   }
   const fresh = !paired
   if (wanted.ipv6 && (fresh || veth?.addrGenMode !== 'none'))
     plan.host.push(`link set dev ${vname} addrgenmode none`)
   if (!fresh) for (const a of veth?.inet6 ?? []) plan.host.push(`addr del ${a} dev ${vname}`)
+  if (!fresh && veth?.mtu !== CONTAINER_MTU) plan.host.push(`link set dev ${vname} mtu ${CONTAINER_MTU}`)
   if (fresh || veth?.master !== BRIDGE || !veth.up)
     plan.host.push(`link set dev ${vname} master ${BRIDGE} up`)
 
@@ -375,6 +387,8 @@ export function planAttach(host: NetnsState, container: NetnsState, wanted: Atta
   if (lo === undefined || !lo.up) plan.container.push('link set dev lo up')
   const addr = `${wanted.ip}/${wanted.subnet.prefix}`
   const addrLines = planAddress(CONTAINER_IF, fresh ? [] : (eth0?.inet ?? []), addr)
+  if (!fresh && eth0?.mtu !== CONTAINER_MTU)
+    plan.container.push(`link set dev ${CONTAINER_IF} mtu ${CONTAINER_MTU}`)
   plan.container.push(...addrLines)
   if (fresh || !eth0?.up) plan.container.push(`link set dev ${CONTAINER_IF} up`)
   const gateway = bridgeAddress(wanted.subnet)
@@ -575,6 +589,7 @@ function bareLink(name: string, ifindex: number, kind: string | null): LinkState
     up: false,
     mac: null,
     addrGenMode: null,
+    mtu: null,
     inet: [],
     inet6: [],
   }

@@ -18,9 +18,13 @@ import {
   bridgeAddress,
   detachContainer,
   ensureBridge,
+  formatIPv4,
+  isContainerAddress,
   listContainerNetns,
   listKm1sVeths,
   netnsName,
+  parseIPv4,
+  parseSubnet,
   planFreshAttach,
   vethName,
 } from '../network/container-net.ts'
@@ -150,8 +154,80 @@ export class ContainerRuntime implements Runtime {
     }
   }
 
+  #subnetOverride: string | undefined
+
   get #subnet(): string {
-    return this.#init.subnet ?? '10.42.0.0/24'
+    return this.#subnetOverride ?? this.#init.subnet ?? '10.42.0.0/24'
+  }
+
+  async setSubnet(cidr: string): Promise<void> {
+    const previous = this.#subnet
+    this.#subnetOverride = cidr
+    if (this.kind !== 'oci' || cidr === previous || !this.#started) return
+    await ensureBridge({ subnet: cidr, hostNetns: this.#init.hostNetns, log: this.#log })
+    for (const name of [...this.#containers.keys()]) {
+      await this.#withLock(name, () => this.#readdress(name, previous)).catch((err: unknown) => {
+        this.#log.error(
+          { container: name, err: errorMessage(err) },
+          'moving a container to the new subnet failed',
+        )
+      })
+    }
+  }
+
+  /** Records of another subnet (the node moved while the agent was down) get an address of this one. */
+  async #readdressRecords(records: ContainerRecord[]): Promise<void> {
+    const subnet = this.#subnet
+    const used = new Set<string>()
+    for (const r of records) if (r.ip !== null && isContainerAddress(subnet, r.ip)) used.add(r.ip)
+    for (const [i, r] of records.entries()) {
+      if (r.ip === null || isContainerAddress(subnet, r.ip)) continue
+      const ip = allocateAddress(
+        subnet,
+        used,
+        formatIPv4(parseSubnet(subnet).base + ((parseIPv4(r.ip) ?? 0) & 255)),
+      )
+      used.add(ip)
+      this.#log.info({ container: r.spec.name, from: r.ip, to: ip }, 'container moved to the new subnet')
+      records[i] = { ...r, ip }
+      await writeFileAtomic(this.#names.specFile(r.spec.name), JSON.stringify(records[i]))
+    }
+  }
+
+  /** Gives a container an address of the current subnet, the same host part when free. */
+  async #readdress(name: string, previous: string): Promise<void> {
+    const ctr = this.#containers.get(name)
+    if (!ctr || ctr.state === 'removing' || ctr.record.ip === null) return
+    const subnet = this.#subnet
+    const old = ctr.record.ip
+    const used = new Set(
+      [...this.#containers.values()]
+        .filter((c) => c !== ctr)
+        .map((c) => c.record.ip)
+        .filter((ip) => ip !== null),
+    )
+    const offset = (parseIPv4(old) ?? 0) - (parseSubnet(previous).base ?? 0)
+    const ip = allocateAddress(subnet, used, formatIPv4(parseSubnet(subnet).base + offset))
+    ctr.record = { ...ctr.record, ip }
+    await writeFileAtomic(this.#names.specFile(name), JSON.stringify(ctr.record))
+    const { spec } = ctr.record
+    const hostname = spec.hostname ?? spec.name
+    const dir = this.#names.containerDir(name)
+    // Written in place, not renamed: the containers see these files through bind mounts of the inode.
+    await writeFile(join(dir, 'hosts'), renderHosts(hostname, [{ ip, names: [hostname] }]))
+    await writeFile(
+      join(dir, 'resolv.conf'),
+      renderResolvConf({ nameservers: [bridgeAddress(subnet)], search: ['km1s.internal'] }),
+    )
+    await attachContainer({
+      instance: this.#names.instance,
+      container: name,
+      subnet,
+      ip,
+      hostNetns: this.#init.hostNetns,
+      log: this.#log,
+    })
+    this.#log.info({ container: name, from: old, to: ip }, 'container moved to the new subnet')
   }
 
   async start(): Promise<void> {
@@ -169,6 +245,7 @@ export class ContainerRuntime implements Runtime {
       await ensureBridge({ subnet: this.#subnet, hostNetns: this.#init.hostNetns })
     }
     const wanted = await this.#loadRecords()
+    if (this.kind === 'oci') await this.#readdressRecords(wanted)
     await this.#sweep(new Set(wanted.map((r) => r.spec.name)))
     for (const record of wanted) {
       const ctr = newCtr(record)

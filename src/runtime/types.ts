@@ -169,4 +169,9 @@ export interface Runtime {
   get(name: string): ContainerStatus | undefined
   logs(name: string, query: LogQuery): AsyncIterable<LogEntry>
   prepareExec(req: ExecRequest): Promise<PreparedExec>
+  /**
+   * Moves the node to another container subnet (network/ lost a subnet conflict): the bridge and every
+   * container get an address of the new one, keeping their host part where free; processes keep running.
+   */
+  setSubnet?(cidr: string): Promise<void>
 }

@@ -68,7 +68,10 @@ export const NodeValue = z.strictObject({
   addresses: z.array(z.string().check(z.maxLength(200))).check(z.maxLength(16)),
   startedAt: z.number().check(z.int(), z.minimum(0)),
   /** The node's WireGuard public key, once the network subsystem has one. */
-  wgPublicKey: z.nullable(z.string().check(z.maxLength(64))),
+  // A base64 X25519 key exactly: it becomes an argument of `wg set` on every other node.
+  wgPublicKey: z.nullable(z.string().check(z.regex(/^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$/))),
+  /** The node's WireGuard UDP port; its underlay endpoints are the IPs of `addresses` (network/). */
+  wgPort: z.optional(z.number().check(z.int(), z.minimum(1), z.maximum(65535))),
 })
 export type NodeValue = z.infer<typeof NodeValue>
 
@@ -79,7 +82,11 @@ export const VALUE_SCHEMAS: { readonly [K in KeyKind]: z.ZodMiniType } = {
   workload: AnyObject,
   service: AnyObject,
   tag: AnyObject,
-  subnet: AnyObject,
+  // network/subnet.ts has the same schema (SubnetClaimValue); state cannot import network.
+  subnet: z.strictObject({
+    peer: z.string().check(z.regex(/^12D3KooW[1-9A-HJ-NP-Za-km-z]{44}$/)),
+    claimedAt: z.number().check(z.int(), z.minimum(0)),
+  }),
 }
 
 function depthWithin(value: unknown, limit: number): boolean {

@@ -61,7 +61,7 @@ describe('runtime through the CLI', { skip: isRoot ? false : 'needs root' }, () 
       'running',
       `${JSON.stringify(rows[0])}\n${await km1sOk(node, ['logs', 'web'])}\n${node.log().slice(-3000)}`,
     )
-    assert.match(rows[0].ip, /^10\.42\.0\.\d+$/)
+    assert.match(rows[0].ip, /^10\.42\.\d+\.\d+$/)
     const table = await km1sOk(node, ['containers'])
     assert.match(table, /web\s+running/)
   })

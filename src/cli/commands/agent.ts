@@ -22,7 +22,10 @@ interface AgentOptions {
   runtime: RuntimeChoice
   runDir?: string
   logDir?: string
-  subnet: string
+  subnet?: string
+  clusterCidr: string
+  wgPort: number
+  network?: boolean
   dnsPort: number | null
   dnsUpstream: Upstream[] | undefined
 }
@@ -34,6 +37,13 @@ function seconds(what: string) {
       throw new InvalidArgumentError(`${what} is a number of seconds above 0.`)
     return n
   }
+}
+
+function port(value: string): number {
+  const n = Number(value)
+  if (!Number.isInteger(n) || n < 1 || n > 65535)
+    throw new InvalidArgumentError('--wg-port is a port from 1 to 65535.')
+  return n
 }
 
 const collect = (value: string, previous: string[]) => [...previous, value]
@@ -86,7 +96,17 @@ function agentOptions(cmd: Command): Command {
     )
     .option('--run-dir <dir>', 'volatile runtime state (default: /run/km1s as root, else DATA_DIR/run)')
     .option('--log-dir <dir>', 'container logs (default: /run/km1s/logs as root — RAM; else DATA_DIR/logs)')
-    .option('--subnet <cidr>', "this node's container subnet", '10.42.0.0/24')
+    .option(
+      '--subnet <cidr>',
+      'a fixed container subnet for this node (default: the node claims a free /24 of --cluster-cidr)',
+    )
+    .option(
+      '--cluster-cidr <cidr>',
+      "the cluster's container range; every node claims a /24 of it",
+      '10.42.0.0/16',
+    )
+    .option('--wg-port <port>', "the overlay's WireGuard UDP port", port, 51820)
+    .option('--no-network', 'no node network and overlay (containers then have only their own node)')
     .option('--dns-port <port>', 'port of the DNS server on loopback and the bridge, or off', dnsPort, 53)
     .option(
       '--dns-upstream <address[:port]>',
@@ -130,6 +150,10 @@ async function run(cmd: Command, opts: AgentOptions, banner: boolean): Promise<v
       subnet: opts.subnet,
       dnsPort: opts.dnsPort,
       dnsUpstreams: opts.dnsUpstream,
+      clusterCidr: opts.clusterCidr,
+      wgPort: opts.wgPort,
+      // Commander sets `network` to true unless --no-network: undefined lets the agent decide by runtime.
+      network: opts.network === false ? false : undefined,
       logger,
     },
     (agent) => {

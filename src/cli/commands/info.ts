@@ -5,6 +5,26 @@ import { parseLabelChanges } from '../labels.ts'
 import { globals } from '../main.ts'
 import { humanBytes, humanDuration, printJson, printTable, shortId } from '../output.ts'
 
+/** The node network and one line per WireGuard peer, for `km1s status`. */
+export function overlayLines(n: StatusView['network'], now: number): string[] {
+  if (n === undefined) return [`${'Overlay:'.padEnd(14)}off (no node network on this agent)`]
+  const restarts = n.restarts > 0 ? `, ${n.restarts} restarts` : ''
+  const lines = [
+    `${'Overlay:'.padEnd(14)}${n.subnet} on ${n.bridge}, MTU ${n.mtu}, ${n.kind ?? 'no'} WireGuard ${n.interface} port ${n.listenPort}${n.pid ? ` (pid ${n.pid}${restarts})` : ''}`,
+  ]
+  if (n.lastError) lines.push(`${''.padEnd(14)}last error: ${n.lastError}`)
+  for (const p of n.peers) {
+    const hs =
+      p.latestHandshake === null
+        ? 'no handshake'
+        : `handshake ${humanDuration(Math.max(0, Math.round((now - p.latestHandshake) / 1000)))} ago`
+    lines.push(
+      `${''.padEnd(14)}${p.name.padEnd(12)} ${(p.subnet ?? '-').padEnd(16)} ${(p.endpoint ?? '-').padEnd(22)} ${hs}, rx ${humanBytes(p.rxBytes)}, tx ${humanBytes(p.txBytes)}`,
+    )
+  }
+  return lines
+}
+
 /** Drop counters that are not zero, e.g. "2 bad-signature, 1 garbage", or "none". */
 function formatDrops(dropped: Record<string, number>): string {
   const parts = Object.entries(dropped)
@@ -80,6 +100,7 @@ export function registerInfoCommands(program: Command): void {
         ['DNS', formatDns(s.dns)],
       ]
       for (const [k, v] of lines) process.stdout.write(`${`${k}:`.padEnd(14)}${v}\n`)
+      for (const line of overlayLines(s.network, Date.now())) process.stdout.write(`${line}\n`)
     })
 
   program
@@ -112,7 +133,7 @@ export function registerInfoCommands(program: Command): void {
     .description('what this host can and cannot do for km1s, and what to install or enable')
     .action(async (_opts: unknown, cmd: Command) => {
       const g = globals(cmd)
-      const report = await runDoctor({ dataDir: g.dataDir })
+      const report = await runDoctor({ dataDir: g.dataDir, socket: g.socket })
       if (g.json) printJson(report)
       else {
         printTable(

@@ -229,7 +229,11 @@ describe('names', () => {
 })
 
 // What `ip -d -j -batch -` prints for `link show`, `addr show`, `route show default` (trimmed).
-const link = (o: Record<string, unknown>) => ({ flags: ['BROADCAST', 'MULTICAST', 'UP', 'LOWER_UP'], ...o })
+const link = (o: Record<string, unknown>) => ({
+  flags: ['BROADCAST', 'MULTICAST', 'UP', 'LOWER_UP'],
+  mtu: 1420,
+  ...o,
+})
 function ipOutput(links: Array<Record<string, unknown>>, routes?: Array<Record<string, unknown>>): string {
   const plain = links.map(({ addr_info: _, ...l }) => l)
   const addrs = links.map(({ ifindex, ifname, addr_info }) => ({
@@ -277,6 +281,7 @@ describe('plans', () => {
       up: true,
       mac,
       addrGenMode: 'none',
+      mtu: 1420,
       inet: ['10.42.0.1/24'],
       inet6: [],
     })
@@ -287,7 +292,7 @@ describe('plans', () => {
   it('makes a missing bridge, and leaves a good one alone', () => {
     const none = parseNetnsState(ipOutput([LO_UP]))
     assert.deepEqual(planBridge(none, { subnet, ipv6: true }), [
-      `link add name km1s0 address ${mac} type bridge`,
+      `link add name km1s0 address ${mac} mtu 1420 type bridge`,
       'link set dev km1s0 addrgenmode none',
       'addr add 10.42.0.1/24 dev km1s0',
       'link set dev km1s0 up',
@@ -299,7 +304,7 @@ describe('plans', () => {
     )
   })
 
-  it('repairs a bridge: MAC, IPv6, wrong and missing addresses, down', () => {
+  it('repairs a bridge: MAC, MTU, IPv6, wrong and missing addresses, down', () => {
     const bad = {
       ...goodBridge,
       flags: ['BROADCAST', 'MULTICAST'],
@@ -309,6 +314,7 @@ describe('plans', () => {
     }
     assert.deepEqual(planBridge(parseNetnsState(ipOutput([bad])), { subnet, ipv6: true }), [
       `link set dev km1s0 address ${mac}`,
+      'link set dev km1s0 mtu 1420',
       'link set dev km1s0 addrgenmode none',
       'addr del fe80::1/64 dev km1s0',
       'addr del 10.42.5.1/24 dev km1s0',
@@ -361,7 +367,7 @@ describe('plans', () => {
     assert.deepEqual(plan, {
       containerFirst: [],
       host: [
-        'link add name km1s0123456789a type veth peer name eth0 netns km1s-a1b2c3-web',
+        'link add name km1s0123456789a mtu 1420 type veth peer name eth0 mtu 1420 netns km1s-a1b2c3-web',
         'link set dev km1s0123456789a addrgenmode none',
         'link set dev km1s0123456789a master km1s0 up',
       ],
@@ -388,7 +394,7 @@ describe('plans', () => {
     assert.deepEqual(plan.containerFirst, ['link del dev eth0'])
     assert.deepEqual(plan.host.slice(0, 2), [
       'link del dev km1s0123456789a',
-      'link add name km1s0123456789a type veth peer name eth0 netns km1s-a1b2c3-web',
+      'link add name km1s0123456789a mtu 1420 type veth peer name eth0 mtu 1420 netns km1s-a1b2c3-web',
     ])
     assert.deepEqual(plan.container, ['addr replace 10.42.0.2/24 dev eth0', ...full.slice(2)])
   })
@@ -426,7 +432,7 @@ describe('plans', () => {
         'route replace default via 10.42.0.1 dev eth0',
       ],
     })
-    const down = { ...eth0, flags: ['BROADCAST'] }
+    const down = { ...eth0, mtu: 1420, flags: ['BROADCAST'] }
     assert.deepEqual(
       planAttach(hostWith(link(hostVeth)), parseNetnsState(ipOutput([LO_UP, down], [route])), wanted)
         .container,
