@@ -159,6 +159,16 @@ describe('overlay network', { skip: isRoot ? false : 'needs root' }, () => {
     await reach(n(2), 'web2', await ipOf(n(3), 'web3'), 'web3')
   })
 
+  it("a container resolves cluster names through its node's DNS on the bridge (search km1s.internal)", async () => {
+    // c-ares (resolve4) asks the nameserver of the container's resolv.conf: its node's bridge .1.
+    const js =
+      "const d=require('dns').promises;Promise.all([d.resolve4('n2.node.km1s.internal'),d.lookup('n3.node')])" +
+      ".then(([a,b])=>console.log(a.join()+' '+b.address),e=>{console.error(String(e));process.exit(1)})"
+    const r = await km1s(n(1), ['exec', 'web1', '--', '/app/node', '-e', js])
+    assert.equal(r.code, 0, r.stderr)
+    assert.equal(r.stdout.trim(), `${n(2).address} ${n(3).address}`)
+  })
+
   it('egress: a container reaches the LAN (another node) through the masquerade', async () => {
     // A server on n3's underlay address, outside any container; the client is a container on n1.
     const server = n(3).exec(
