@@ -10,6 +10,7 @@ import { type DetectorConfig, Membership } from '../membership/index.ts'
 import { createMesh, loadOrCreateIdentity, type Mesh, readClusterSecret } from '../mesh/index.ts'
 import type { PeerBookEntry } from '../mesh/peer-book.ts'
 import { createRuntime, type Runtime, type RuntimeChoice } from '../runtime/index.ts'
+import { Scheduler } from '../scheduler/index.ts'
 import { type NodeValue, Replication, Store, type WireRecord } from '../state/index.ts'
 import { createHandlers } from './handlers.ts'
 import {
@@ -62,6 +63,7 @@ export class Agent {
   #membership: Membership | undefined
   #api: ApiServer | undefined
   #runtime: Runtime | undefined
+  #scheduler: Scheduler | undefined
   #name = ''
   #stopping: Promise<void> | undefined
 
@@ -152,6 +154,19 @@ export class Agent {
       logger,
     })
     await this.#runtime?.start()
+    // Scheduler: placement over this node's view, its own replicas through the runtime. The artifacts
+    // subsystem (another branch) plugs in as `artifacts` (contracts.md); until then a workload with an
+    // artifact waits with a reason. The start-up grace equals the detector's dead time (docs/scheduler.md).
+    this.#scheduler = new Scheduler({
+      selfId: mesh.peerId.toString(),
+      nodeName: () => this.#name,
+      store,
+      membership: this.#membership,
+      runtime: this.#runtime,
+      logger,
+      startupGraceMs: this.config.detector?.deadMs,
+    })
+    this.#scheduler.start()
     const { handlers, streams, upgrades } = createHandlers({
       name: () => this.#name,
       dataDir,
@@ -179,6 +194,7 @@ export class Agent {
   async #stop(): Promise<void> {
     const steps: Array<[string, () => Promise<void> | void]> = [
       ['api', () => this.#api?.stop()],
+      ['scheduler', () => this.#scheduler?.stop()],
       ['runtime', () => this.#runtime?.stop()],
       ['membership', () => this.#membership?.stop()],
       ['replication', () => this.#replication?.stop()],

@@ -8,6 +8,7 @@ import { type Member, type Membership, resolveNode } from '../membership/index.t
 import type { Mesh } from '../mesh/index.ts'
 import { startExec } from '../runtime/exec.ts'
 import type { ContainerStatus, Runtime } from '../runtime/types.ts'
+import { createWorkloadHandlers } from '../scheduler/index.ts'
 import { encodeHlc, type Replication, type Store } from '../state/index.ts'
 
 export interface HandlerDeps {
@@ -132,6 +133,8 @@ export function createHandlers(d: HandlerDeps): {
       await runtime().remove(req.name)
       return {}
     },
+    // Workloads (scheduler/): run, apply, get, scale, stop, rm, ps.
+    ...createWorkloadHandlers({ store, membership }),
   }
   const streams: StreamHandlers = {
     watch: async function* (req, signal) {

@@ -169,4 +169,6 @@ export interface Runtime {
   get(name: string): ContainerStatus | undefined
   logs(name: string, query: LogQuery): AsyncIterable<LogEntry>
   prepareExec(req: ExecRequest): Promise<PreparedExec>
+  /** Calls `listener` when a container or one of its processes changes state; returns the unsubscribe. */
+  onChange(listener: (status: ContainerStatus) => void): () => void
 }
