@@ -63,10 +63,12 @@ function matches(node: PlacementNode, w: PlacementWorkload): boolean {
 }
 
 /**
- * Replicas are placed workload by workload (by name), index by index. Each goes to the node of highest
- * weight among those that match (arch, labels) and have room for its request, preferring nodes without a
- * replica of the same workload (spread). A node joining or leaving changes the winner only for the
- * replicas whose top choices it was (plus a few spread and capacity knock-ons, measured in the tests).
+ * Workload by workload (by name), in layers: in each layer every matching node with room for one more
+ * replica takes at most one, paired by a stable matching (deferred acceptance): each replica ranks nodes
+ * by rendezvous weight, a node keeps the replica that weighs most on it. Spread follows (no node gets a
+ * second replica of a workload before every node with room has one), the result does not depend on the
+ * order replicas are looked at, and a node joining or leaving moves the replicas it wins or loses plus
+ * short displacement chains (measured in the tests).
  */
 export function place(input: PlacementInput): Placement {
   const nodes = [...input.nodes].sort((a, b) => byString(a.id, b.id))
@@ -76,57 +78,88 @@ export function place(input: PlacementInput): Placement {
   const assignments = new Map<string, string>()
   const unplaced: Unplaced[] = []
   const majority = nodes.length * 2 > input.knownNodes
+  const slots = (id: string, w: PlacementWorkload): number =>
+    Math.min(
+      w.cpu > 0 ? Math.floor((freeCpu.get(id) ?? 0) / w.cpu) : Number.MAX_SAFE_INTEGER,
+      w.memory > 0 ? Math.floor((freeMemory.get(id) ?? 0) / w.memory) : Number.MAX_SAFE_INTEGER,
+    )
   for (const w of workloads) {
-    const eligible = nodes.filter((n) => matches(n, w))
-    const holding = new Set<string>()
-    for (let index = 0; index < w.replicas; index++) {
-      if (w.exclusive && !majority) {
+    if (w.replicas === 0) continue
+    if (w.exclusive && !majority) {
+      for (let index = 0; index < w.replicas; index++)
         unplaced.push({
           workload: w.name,
           index,
           reason: 'exclusive: this side of the network sees no majority',
         })
-        continue
-      }
-      if (eligible.length === 0) {
-        unplaced.push({
-          workload: w.name,
-          index,
-          reason:
-            nodes.length === 0
-              ? 'no live node'
-              : `no live node matches${w.arches ? ` arch ${w.arches.join('|')}` : ''}${
-                  Object.keys(w.labels).length
-                    ? ` labels ${Object.entries(w.labels)
-                        .map(([k, v]) => `${k}=${v}`)
-                        .join(',')}`
-                    : ''
-                }`,
-        })
-        continue
-      }
-      let best: PlacementNode | undefined
-      let bestWeight = -1
-      let bestSpread = false
-      for (const n of eligible) {
-        if ((freeCpu.get(n.id) ?? 0) < w.cpu || (freeMemory.get(n.id) ?? 0) < w.memory) continue
-        const spread = !holding.has(n.id)
-        const wt = weight(w.name, index, n.id)
-        if ((spread && !bestSpread) || (spread === bestSpread && wt > bestWeight)) {
-          best = n
-          bestWeight = wt
-          bestSpread = spread
-        }
-      }
-      if (!best) {
-        unplaced.push({ workload: w.name, index, reason: 'no matching node has enough free CPU and memory' })
-        continue
-      }
-      freeCpu.set(best.id, (freeCpu.get(best.id) ?? 0) - w.cpu)
-      freeMemory.set(best.id, (freeMemory.get(best.id) ?? 0) - w.memory)
-      holding.add(best.id)
-      assignments.set(`${w.name}-${index}`, best.id)
+      continue
     }
+    const eligible = nodes.filter((n) => matches(n, w))
+    if (eligible.length === 0) {
+      const why =
+        nodes.length === 0
+          ? 'no live node'
+          : `no live node matches${w.arches ? ` arch ${w.arches.join('|')}` : ''}${
+              Object.keys(w.labels).length
+                ? ` labels ${Object.entries(w.labels)
+                    .map(([k, v]) => `${k}=${v}`)
+                    .join(',')}`
+                : ''
+            }`
+      for (let index = 0; index < w.replicas; index++) unplaced.push({ workload: w.name, index, reason: why })
+      continue
+    }
+    const weights = Array.from({ length: w.replicas }, (_, i) => eligible.map((n) => weight(w.name, i, n.id)))
+    const prefs = weights.map((ws) =>
+      eligible.map((_, j) => j).sort((a, b) => (ws[b] as number) - (ws[a] as number)),
+    )
+    // Layers of one replica per node: spread holds (no node gets a second before each has one), and a
+    // node leaving only starts a short chain in its layer instead of reshuffling everything.
+    let remaining = Array.from({ length: w.replicas }, (_, i) => i)
+    while (remaining.length > 0) {
+      const open = eligible.map((n) => slots(n.id, w) > 0)
+      const holder = new Array<number>(eligible.length).fill(-1)
+      const next = new Map(remaining.map((i) => [i, 0]))
+      const free = [...remaining].reverse()
+      while (free.length > 0) {
+        const i = free.pop() as number
+        const order = prefs[i] as number[]
+        let n = next.get(i) as number
+        while (n < order.length) {
+          const j = order[n++] as number
+          if (!open[j]) continue
+          const h = holder[j] as number
+          if (h === -1) {
+            holder[j] = i
+            break
+          }
+          // Taken: the node keeps the replica that weighs more on it.
+          if ((weights[h]?.[j] as number) < (weights[i]?.[j] as number)) {
+            holder[j] = i
+            free.push(h)
+            break
+          }
+        }
+        next.set(i, n)
+      }
+      const placed = new Set<number>()
+      holder.forEach((i, j) => {
+        if (i === -1) return
+        const id = (eligible[j] as PlacementNode).id
+        freeCpu.set(id, (freeCpu.get(id) ?? 0) - w.cpu)
+        freeMemory.set(id, (freeMemory.get(id) ?? 0) - w.memory)
+        assignments.set(`${w.name}-${i}`, id)
+        placed.add(i)
+      })
+      if (placed.size === 0) break
+      remaining = remaining.filter((i) => !placed.has(i))
+    }
+    for (const index of remaining)
+      unplaced.push({ workload: w.name, index, reason: 'no matching node has enough free CPU and memory' })
   }
-  return { assignments, unplaced }
+  const sorted = new Map([...assignments].sort((a, b) => byString(a[0], b[0])))
+  return {
+    assignments: sorted,
+    unplaced: unplaced.sort((a, b) => byString(a.workload, b.workload) || a.index - b.index),
+  }
 }
