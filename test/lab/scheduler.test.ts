@@ -182,6 +182,36 @@ describe('scheduler on 5 nodes', { skip: isRoot ? false : 'needs root' }, () => 
     await waitExactly(node('n1'), 'excl', 1)
   })
 
+  it('rolls a changed spec out one replica at a time', async () => {
+    const old = await waitExactly(node('n1'), 'web', 3)
+    let sampling = true
+    let worst = 0
+    const samples = (async () => {
+      while (sampling) {
+        const rows = await ps(node('n1'), 'web')
+        worst = Math.max(worst, 3 - indices(rows).length)
+        await new Promise((r) => setTimeout(r, 50))
+      }
+    })()
+    try {
+      await km1sOk(node('n2'), ['run', 'web', '--replicas', '3', '--env', 'VERSION=2', '--wait', ...WEB])
+    } finally {
+      sampling = false
+      await samples
+    }
+    const rows = await waitExactly(node('n1'), 'web', 3)
+    assert.ok(
+      rows.every((r) => r.current && r.spec !== old[0]?.spec),
+      show(rows),
+    )
+    assert.ok(worst <= 1, `${worst} replicas were down at once`)
+    for (const r of rows)
+      assert.equal(
+        await waitFor(`${r.name} to answer`, async () => (await httpStatus(r)) === '200' && '200'),
+        '200',
+      )
+  })
+
   it('replaces the replicas of a node killed with -9, and that node stops its surplus when it is back', async (t) => {
     const rows = await ps(node('n1'), 'web')
     const victim = node(rows.find((r) => r.node !== 'n1')?.node as string)
