@@ -50,6 +50,15 @@ async function until(api: ApiClient, t0: number, done: (rows: ReplicaView[]) => 
   }
 }
 
+/** Waits for every node to see every node alive again; says so (a mesh matter) when one does not. */
+async function settle(nodes: LabNode[], after = 'a heal'): Promise<void> {
+  try {
+    await waitForAlive(nodes, nodes, 30_000)
+  } catch (err) {
+    log(`warning: views did not agree 30 s after ${after}: ${String(err).slice(0, 400)}`)
+  }
+}
+
 async function removeAll(api: ApiClient, names: string[]) {
   for (const n of names) await api.removeWorkload(n).catch(() => {})
   await until(api, performance.now(), (rows) => rows.every((r) => !names.includes(r.workload)))
@@ -126,6 +135,7 @@ async function healSurplus(c: Cluster): Promise<number[]> {
   await until(observer, performance.now(), (rows) => indices(running(rows, 'split')) === REPLICAS)
   for (let i = 0; i < FAILURES; i++) {
     await c.lab.partition(a, b)
+    for (const side of [a, b]) await settle(side, 'a partition')
     for (const side of [a, b]) {
       const names = new Set(side.map((n) => n.name))
       await until(
@@ -142,6 +152,7 @@ async function healSurplus(c: Cluster): Promise<number[]> {
         return s.length === REPLICAS && indices(running(s, 'split')) === REPLICAS
       }),
     )
+    await settle(nodes)
   }
   await removeAll(observer, ['split'])
   return out
@@ -166,7 +177,7 @@ async function coldBoot(c: Cluster): Promise<number> {
     (rows) => indices(running(rows, 'cold').filter((r) => r.node === lone.name)) === REPLICAS,
   )
   await c.lab.heal()
-  await waitForAlive(nodes, nodes, 60_000)
+  await settle(nodes)
   await removeAll(observer, ['cold'])
   return ms
 }
