@@ -176,6 +176,7 @@ export class Agent {
       store,
       replication: this.#replication,
       runtime: this.#runtime,
+      scheduler: this.#scheduler,
     })
     this.#api = new ApiServer({ socket: this.config.socket, handlers, streams, upgrades, logger })
     await this.#api.start()

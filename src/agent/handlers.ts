@@ -8,7 +8,7 @@ import { type Member, type Membership, resolveNode } from '../membership/index.t
 import type { Mesh } from '../mesh/index.ts'
 import { startExec } from '../runtime/exec.ts'
 import type { ContainerStatus, Runtime } from '../runtime/types.ts'
-import { createWorkloadHandlers } from '../scheduler/index.ts'
+import { createWorkloadHandlers, type Unplaced } from '../scheduler/index.ts'
 import { encodeHlc, type Replication, type Store } from '../state/index.ts'
 
 export interface HandlerDeps {
@@ -21,6 +21,8 @@ export interface HandlerDeps {
   replication: Replication
   /** The node's container runtime; undefined when the agent runs none (the container routes say so). */
   runtime: Runtime | undefined
+  /** The scheduler, for what it could not place. */
+  scheduler?: { unplaced(): Unplaced[] }
 }
 
 function labelsOf(store: Store, id: string): Record<string, string> {
@@ -134,7 +136,7 @@ export function createHandlers(d: HandlerDeps): {
       return {}
     },
     // Workloads (scheduler/): run, apply, get, scale, stop, rm, ps.
-    ...createWorkloadHandlers({ store, membership }),
+    ...createWorkloadHandlers({ store, membership, scheduler: d.scheduler }),
   }
   const streams: StreamHandlers = {
     watch: async function* (req, signal) {

@@ -119,6 +119,11 @@ export class ApiClient {
     return this.call('workloadRemove', { name })
   }
 
+  /** Replicas the local scheduler could place nowhere, with why. */
+  unplaced() {
+    return this.call('unplaced', {})
+  }
+
   /** Every replica of every workload, cluster-wide, from the status records. */
   ps() {
     return this.call('ps', {})

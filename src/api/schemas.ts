@@ -190,6 +190,8 @@ export const ReplicaView = z.object({
 })
 export type ReplicaView = z.infer<typeof ReplicaView>
 export const ReplicaList = z.array(ReplicaView)
+/** Replicas this node's scheduler could place on no node of its view, with why. */
+export const UnplacedList = z.array(z.object({ workload: z.string(), index: z.number(), reason: z.string() }))
 
 /** The route table: method and path → request and response schemas. */
 export const routes = {
@@ -217,6 +219,7 @@ export const routes = {
   workloadStop: { method: 'POST', path: '/v1/workloads/stop', request: WorkloadRef, response: WorkloadValue },
   workloadRemove: { method: 'POST', path: '/v1/workloads/remove', request: WorkloadRef, response: Empty },
   ps: { method: 'GET', path: '/v1/ps', request: Empty, response: ReplicaList },
+  unplaced: { method: 'GET', path: '/v1/unplaced', request: Empty, response: UnplacedList },
 } as const
 
 /** Streaming routes: the response is newline-delimited JSON, one item per line, until the client leaves. */

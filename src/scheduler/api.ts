@@ -3,17 +3,20 @@ import type { ReplicaView } from '../api/schemas.ts'
 import { Km1sError } from '../common/errors.ts'
 import type { Member } from '../membership/index.ts'
 import type { StatusValue, Store, WorkloadValue } from '../state/index.ts'
+import type { Unplaced } from './place.ts'
 import { specHash } from './workload.ts'
 
 export interface WorkloadApiDeps {
   store: Store
   membership: { members(): Member[] }
+  /** The local scheduler: what it could not place, and why. */
+  scheduler?: { unplaced(): Unplaced[] }
 }
 
 const notFound = (name: string) =>
   new Km1sError('ERR_NOT_FOUND', `There is no workload named ${name}; 'km1s get' lists them.`)
 
-export function createWorkloadHandlers({ store, membership }: WorkloadApiDeps) {
+export function createWorkloadHandlers({ store, membership, scheduler }: WorkloadApiDeps) {
   const get = (name: string): WorkloadValue => {
     const r = store.get(`workload/${name}`)
     if (!r) throw notFound(name)
@@ -35,6 +38,7 @@ export function createWorkloadHandlers({ store, membership }: WorkloadApiDeps) {
       return {}
     },
     ps: (): ReplicaView[] => replicaViews(store, membership.members(), Date.now()),
+    unplaced: (): Unplaced[] => scheduler?.unplaced() ?? [],
   }
 }
 

@@ -6,7 +6,7 @@ import type { Logger } from '../common/logger.ts'
 import type { Member } from '../membership/index.ts'
 import type { ContainerStatus, Runtime } from '../runtime/types.ts'
 import { canonicalJson, type StatusValue, type Store, type WorkloadValue } from '../state/index.ts'
-import { type PlacementNode, type PlacementWorkload, place } from './place.ts'
+import { type PlacementNode, type PlacementWorkload, place, type Unplaced } from './place.ts'
 import { chooseUpdate, type ReplicaReport } from './rolling.ts'
 import type { ArtifactSource, HealthCheck } from './types.ts'
 import { ARCH_LABEL, containerSpecOf, parseReplicaName, replicaName, specHash } from './workload.ts'
@@ -67,6 +67,7 @@ export class Scheduler {
   #soon: NodeJS.Immediate | undefined
   #unsubscribe: Array<() => void> = []
   #running = false
+  #unplaced: Unplaced[] = []
 
   constructor(init: SchedulerInit) {
     this.#init = init
@@ -101,6 +102,11 @@ export class Scheduler {
     for (const u of this.#unsubscribe) u()
     this.#unsubscribe = []
     await Promise.allSettled([...this.#ops.values()])
+  }
+
+  /** The replicas the last pass could place nowhere in this node's view, with why. */
+  unplaced(): Unplaced[] {
+    return this.#unplaced
   }
 
   stats(): SchedulerStats {
@@ -179,7 +185,8 @@ export class Scheduler {
         exclusive: w.exclusive,
       })
     }
-    const { assignments } = place({ workloads: input, nodes: view.nodes, knownNodes: view.known })
+    const { assignments, unplaced } = place({ workloads: input, nodes: view.nodes, knownNodes: view.known })
+    this.#unplaced = unplaced
     const liveIds = new Set(view.nodes.map((n) => n.id))
 
     // Every replica's status, cluster-wide, for update turns and hand-overs.

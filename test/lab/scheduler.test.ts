@@ -159,6 +159,24 @@ describe('scheduler on 5 nodes', { skip: isRoot ? false : 'needs root' }, () => 
       rows.map((r) => r.node),
       ['n2', 'n2'],
     )
+    const nowhere = await km1s(node('n3'), [
+      'run',
+      'armapp2',
+      '--arch',
+      'riscv64',
+      '--wait',
+      '--timeout',
+      '2',
+      '--',
+      '/bin/true',
+    ])
+    assert.notEqual(nowhere.code, 0)
+    assert.match(nowhere.stderr.trim(), /^armapp2-0 cannot be placed: no live node matches arch riscv64\.$/)
+    assert.match(
+      await km1sOk(node('n3'), ['get']),
+      /armapp2\s+0\/1\s+-\s+\/bin\/true\s+1 unplaced: no live node matches arch riscv64/,
+    )
+    await km1sOk(node('n1'), ['rm', 'armapp2'])
     await km1sOk(node('n1'), ['rm', 'armapp'])
     await waitFor('armapp to be gone', async () => (await ps(node('n1'), 'armapp')).length === 0, {
       timeoutMs: 20_000,

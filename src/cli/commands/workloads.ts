@@ -51,11 +51,15 @@ async function waitRunning(client: ApiClientType, ws: WorkloadValue[], timeoutMs
       return up.size < w.replicas
     })
     if (pending.length === 0) return
-    if (Date.now() > deadline)
+    if (Date.now() > deadline) {
+      const stuck = (await client.unplaced()).find((u) => pending.some((w) => w.name === u.workload))
       throw new Km1sError(
         'ERR_TIMEOUT',
-        `${pending.map((w) => w.name).join(', ')} did not get all replicas running in ${timeoutMs / 1000} s; 'km1s ps' shows why.`,
+        stuck
+          ? `${stuck.workload}-${stuck.index} cannot be placed: ${stuck.reason}.`
+          : `${pending.map((w) => w.name).join(', ')} did not get all replicas running in ${timeoutMs / 1000} s; 'km1s ps' shows why.`,
       )
+    }
     await new Promise((r) => setTimeout(r, 50))
   }
 }
@@ -98,12 +102,13 @@ export function registerWorkloadCommands(program: Command): void {
     .option('--env <K=V>', 'an environment variable, repeatable', collect, [])
     .option('--exclusive', 'run only on the side of a network split that sees a majority of the nodes')
     .option('--wait', 'wait until every replica is running')
-    .action(async (name: string, command: string[], opts: RunOptions, cmd: Command) => {
+    .option('--timeout <seconds>', 'how long --wait waits (default 120)', whole('--timeout'), 120)
+    .action(async (name: string, command: string[], opts: RunOptions & { timeout: number }, cmd: Command) => {
       const g = globals(cmd)
       const w = workloadFromFlags(name, command, opts)
       const client = new ApiClient(g.socket)
       const stored = await client.putWorkload(w)
-      if (opts.wait) await waitRunning(client, [stored])
+      if (opts.wait) await waitRunning(client, [stored], opts.timeout * 1000)
       if (g.json) return printJson(stored)
       process.stdout.write(
         `Workload ${stored.name}: ${stored.replicas} replica${stored.replicas === 1 ? '' : 's'}${opts.wait ? ' running' : ' scheduled'}; 'km1s ps' shows them.\n`,
@@ -115,14 +120,15 @@ export function registerWorkloadCommands(program: Command): void {
     .description('create or update the workloads of a YAML manifest (several documents per file)')
     .requiredOption('-f, --file <file>', 'the manifest, or - for stdin')
     .option('--wait', 'wait until every replica is running')
-    .action(async (opts: { file: string; wait?: boolean }, cmd: Command) => {
+    .option('--timeout <seconds>', 'how long --wait waits (default 120)', whole('--timeout'), 120)
+    .action(async (opts: { file: string; wait?: boolean; timeout: number }, cmd: Command) => {
       const g = globals(cmd)
       // Every document is checked before anything is written: a bad manifest changes nothing.
       const ws = parseManifests(await readManifest(opts.file), opts.file === '-' ? 'stdin' : opts.file)
       const client = new ApiClient(g.socket)
       const stored: WorkloadValue[] = []
       for (const w of ws) stored.push(await client.putWorkload(w))
-      if (opts.wait) await waitRunning(client, stored)
+      if (opts.wait) await waitRunning(client, stored, opts.timeout * 1000)
       if (g.json) return printJson(stored)
       for (const w of stored) process.stdout.write(`Workload ${w.name} applied (${w.replicas} replicas).\n`)
     })
@@ -147,9 +153,9 @@ export function registerWorkloadCommands(program: Command): void {
       }
       if (opts.output === 'yaml') return void process.stdout.write(workloadsToYaml(ws))
       if (g.json || opts.output === 'json') return printJson(name !== undefined ? ws[0] : ws)
-      const rows = await client.ps()
+      const [rows, unplaced] = await Promise.all([client.ps(), client.unplaced()])
       printTable(
-        ['NAME', 'READY', 'ARTIFACT', 'COMMAND'],
+        ['NAME', 'READY', 'ARTIFACT', 'COMMAND', 'NOTE'],
         ws.map((w) => {
           const hash = specHash(w)
           const up = new Set(
@@ -157,11 +163,13 @@ export function registerWorkloadCommands(program: Command): void {
               .filter((r) => r.workload === w.name && r.state === 'running' && r.spec === hash)
               .map((r) => r.index),
           ).size
+          const stuck = unplaced.filter((u) => u.workload === w.name)
           return [
             w.name,
             w.stopped ? 'stopped' : `${up}/${w.replicas}`,
             w.artifact ?? '-',
             w.command.join(' '),
+            stuck.length > 0 ? `${stuck.length} unplaced: ${stuck[0]?.reason}` : '',
           ]
         }),
       )
