@@ -44,6 +44,7 @@ export interface SchedulerStats {
 const STATUS = 'status/'
 const WORKLOAD = 'workload/'
 const ARTIFACT_RETRY_MS = 5_000
+const FAILED_RETRY_MS = 5_000
 
 interface Pending {
   state: StatusValue['state']
@@ -60,6 +61,8 @@ export class Scheduler {
   readonly #pending = new Map<string, Pending>()
   /** Local replicas no longer assigned here, since when. */
   readonly #unassignedSince = new Map<string, number>()
+  /** Local replicas the runtime could not make, since when. */
+  readonly #failedSince = new Map<string, number>()
   readonly #lastPut = new Map<string, { text: string; at: number }>()
   readonly #stats: SchedulerStats = { passes: 0, started: 0, stopped: 0, replaced: 0, failures: 0 }
   #startedAt = 0
@@ -227,6 +230,22 @@ export class Scheduler {
       }
       const own = store.get(`${STATUS}${selfId}/${name}`)?.value as StatusValue | undefined
       const runningHash = own?.spec ?? hash // a container without a status (a crash) is adopted as it is
+      if (running.state === 'failed') {
+        // The runtime could not make it (network, cgroups): remove it and start afresh, at most every 5 s.
+        const since = this.#failedSince.get(name) ?? now
+        this.#failedSince.set(name, since)
+        this.#writeStatus(name, w, parsed.index, runningHash, running)
+        if (now - since >= FAILED_RETRY_MS) {
+          this.#failedSince.delete(name)
+          this.#log.warn(
+            { container: name, err: running.error },
+            'a replica failed to start; making it again',
+          )
+          this.#run(name, () => this.#init.runtime?.remove(name) ?? Promise.resolve())
+        }
+        continue
+      }
+      this.#failedSince.delete(name)
       if (runningHash !== hash) {
         const reports: ReplicaReport[] = []
         for (let i = 0; i < w.replicas; i++) {
@@ -272,6 +291,7 @@ export class Scheduler {
         )
     }
     for (const name of this.#unassignedSince.keys()) if (!local.has(name)) this.#unassignedSince.delete(name)
+    for (const name of this.#failedSince.keys()) if (!local.has(name)) this.#failedSince.delete(name)
 
     // A status of ours for a container this node does not run (or no longer wants) goes.
     for (const r of store.list(`${STATUS}${selfId}/`)) {

@@ -23,16 +23,19 @@ class FakeRuntime {
   readonly #listeners = new Set<(s: ContainerStatus) => void>()
   creates = 0
   removes = 0
+  failNext = false
   async create(spec: ContainerSpecInput): Promise<ContainerStatus> {
     this.creates++
+    const failed = this.failNext
+    this.failNext = false
     const c = {
       name: spec.name,
-      state: 'running' as const,
+      state: failed ? ('failed' as const) : ('running' as const),
       ip: `10.42.0.${this.containers.size + 2}`,
       processes: [
         { name: 'main', state: 'running' as const, pid: 1, restarts: 0, lastExit: null, nextStartAt: null },
       ],
-      error: null,
+      error: failed ? 'the container could not be made: no bridge' : null,
       createdAt: new Date().toISOString(),
       spec,
     }
@@ -269,6 +272,19 @@ describe('Scheduler', () => {
     clearInterval(watch)
     assert.ok(worst <= 1)
     assert.equal(e.runtime.removes, 3)
+  })
+
+  it('makes a replica again, after a pause, when the runtime could not make it', async () => {
+    const e = await setup({ peers: 0 })
+    e.runtime.failNext = true
+    await e.store.put('workload/web', normalizeWorkload({ name: 'web', command: ['/bin/true'] }))
+    await until('a failed status', () => statusOf(e, 'web-0')?.state === 'failed')
+    assert.match(statusOf(e, 'web-0')?.reason ?? '', /could not be made/)
+    await new Promise((r) => setTimeout(r, 100))
+    assert.equal(e.runtime.creates, 1, 'no retry at once')
+    e.clock.now += 6_000
+    await until('running after the retry', () => statusOf(e, 'web-0')?.state === 'running')
+    assert.equal(e.runtime.creates, 2)
   })
 
   it('leaves containers that are not replicas alone, and says why a replica waits', async () => {
