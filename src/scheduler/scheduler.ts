@@ -251,7 +251,8 @@ export class Scheduler {
         for (let i = 0; i < w.replicas; i++) {
           const n = replicaName(w.name, i)
           const owner = assignments.get(n)
-          const s = owner ? statusOn(n, owner) : undefined
+          if (!owner) continue // unplaced (no room, no matching node): it cannot hold the update up
+          const s = statusOn(n, owner)
           reports.push({ index: i, spec: s?.spec ?? null, available: s?.state === 'running' && s.healthy })
         }
         if (chooseUpdate(reports, hash) === parsed.index)
