@@ -503,7 +503,7 @@ async function storeLoad(): Promise<{
     const t0 = performance.now()
     for (let i = 0; i < LOAD_RECORDS; i++) {
       // A workload-sized value (~250 bytes), signed, as a workload record will be.
-      await store.put(`workload/bench-${i}`, {
+      await store.put(`service/bench-${i}`, {
         image: `registry.lan/team/app-${i}:1.4.${i % 97}`,
         replicas: 1 + (i % 3),
         ports: [8080, 9090],

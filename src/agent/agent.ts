@@ -13,6 +13,7 @@ import type { PeerBookEntry } from '../mesh/peer-book.ts'
 import { bridgeAddress, NodeNetwork } from '../network/index.ts'
 import { Remote } from '../remote/index.ts'
 import { createRuntime, instanceId, type Runtime, type RuntimeChoice } from '../runtime/index.ts'
+import { Scheduler } from '../scheduler/index.ts'
 import { type NodeValue, Replication, Store, type WireRecord } from '../state/index.ts'
 import { createHandlers } from './handlers.ts'
 import {
@@ -78,6 +79,7 @@ export class Agent {
   #dns: DnsService | undefined
   #remote: Remote | undefined
   #network: NodeNetwork | undefined
+  #scheduler: Scheduler | undefined
   #name = ''
   #stopping: Promise<void> | undefined
 
@@ -214,6 +216,19 @@ export class Agent {
       logger,
     })
     await this.#remote.start()
+    // Scheduler: placement over this node's view, its own replicas through the runtime. The artifacts
+    // subsystem (another branch) plugs in as `artifacts` (contracts.md); until then a workload with an
+    // artifact waits with a reason. The start-up grace equals the detector's dead time (docs/scheduler.md).
+    this.#scheduler = new Scheduler({
+      selfId: mesh.peerId.toString(),
+      nodeName: () => this.#name,
+      store,
+      membership: this.#membership,
+      runtime: this.#runtime,
+      logger,
+      startupGraceMs: this.config.detector?.deadMs,
+    })
+    this.#scheduler.start()
     const { handlers, streams, upgrades } = createHandlers({
       name: () => this.#name,
       dataDir,
@@ -226,6 +241,7 @@ export class Agent {
       dns: this.#dns,
       remote: this.#remote,
       network: this.#network,
+      scheduler: this.#scheduler,
     })
     this.#api = new ApiServer({ socket: this.config.socket, handlers, streams, upgrades, logger })
     await this.#api.start()
@@ -246,6 +262,7 @@ export class Agent {
       ['api', () => this.#api?.stop()],
       ['dns', () => this.#dns?.stop()],
       ['remote', () => this.#remote?.stop()],
+      ['scheduler', () => this.#scheduler?.stop()],
       ['runtime', () => this.#runtime?.stop()],
       ['network', () => this.#network?.stop()],
       ['membership', () => this.#membership?.stop()],

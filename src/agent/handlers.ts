@@ -11,6 +11,7 @@ import type { NodeNetwork } from '../network/index.ts'
 import type { Remote } from '../remote/index.ts'
 import { startExec } from '../runtime/exec.ts'
 import type { ContainerStatus, Runtime } from '../runtime/types.ts'
+import { createWorkloadHandlers, type Unplaced } from '../scheduler/index.ts'
 import { encodeHlc, type Replication, type Store } from '../state/index.ts'
 
 export interface HandlerDeps {
@@ -29,6 +30,8 @@ export interface HandlerDeps {
   remote?: Remote
   /** The node network; undefined when the agent runs none. */
   network?: NodeNetwork | undefined
+  /** The scheduler, for what it could not place. */
+  scheduler?: { unplaced(): Unplaced[] }
 }
 
 function labelsOf(store: Store, id: string): Record<string, string> {
@@ -181,6 +184,8 @@ export function createHandlers(d: HandlerDeps): {
       await runtime().remove(req.name)
       return {}
     },
+    // Workloads (scheduler/): run, apply, get, scale, stop, rm, ps.
+    ...createWorkloadHandlers({ store, membership, scheduler: d.scheduler }),
   }
   const streams: StreamHandlers = {
     watch: async function* (req, signal) {

@@ -5,6 +5,7 @@ import { PassThrough, Writable } from 'node:stream'
 import { Km1sError } from '../common/errors.ts'
 import { http } from '../common/http.ts'
 import type { ContainerSpecInput } from '../runtime/types.ts'
+import type { WorkloadValue } from '../state/record.ts'
 import {
   ApiError,
   ErrorFrame,
@@ -105,6 +106,37 @@ export class ApiClient {
 
   removeContainer(name: string) {
     return this.call('containerRemove', { name })
+  }
+
+  workloads() {
+    return this.call('workloads', {})
+  }
+
+  /** Creates or replaces a workload (`km1s run`, `km1s apply`); on disk before it answers. */
+  putWorkload(workload: WorkloadValue) {
+    return this.call('workloadPut', workload)
+  }
+
+  scaleWorkload(name: string, replicas: number) {
+    return this.call('workloadScale', { name, replicas })
+  }
+
+  stopWorkload(name: string) {
+    return this.call('workloadStop', { name })
+  }
+
+  removeWorkload(name: string) {
+    return this.call('workloadRemove', { name })
+  }
+
+  /** Replicas the local scheduler could place nowhere, with why. */
+  unplaced() {
+    return this.call('unplaced', {})
+  }
+
+  /** Every replica of every workload, cluster-wide, from the status records. */
+  ps() {
+    return this.call('ps', {})
   }
 
   logs(query: StreamRequestOf<'logs'>, signal: AbortSignal) {

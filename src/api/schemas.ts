@@ -9,7 +9,7 @@ import {
   ProcessName,
   ProcessSpec,
 } from '../runtime/types.ts'
-import { LabelKey, LabelValue } from '../state/record.ts'
+import { LabelKey, LabelValue, ReplicaState, WorkloadName, WorkloadValue } from '../state/record.ts'
 
 export const ApiError = z.object({ error: z.object({ code: z.string(), message: z.string() }) })
 export type ApiError = z.infer<typeof ApiError>
@@ -246,6 +246,32 @@ export const ExecRequestView = z.strictObject({
 })
 export type ExecRequestView = z.infer<typeof ExecRequestView>
 
+// --- workloads (scheduler/) ---
+export const WorkloadList = z.array(WorkloadValue)
+export const WorkloadRef = z.strictObject({ name: WorkloadName })
+export const ScaleRequest = z.strictObject({ name: WorkloadName, replicas: WorkloadValue.shape.replicas })
+/** One replica as `km1s ps` shows it, from the status records of every node. */
+export const ReplicaView = z.object({
+  name: z.string(),
+  workload: z.string(),
+  node: z.string(),
+  /** The status record's state, or `unknown` when its node is not alive in this node's view. */
+  state: z.union([ReplicaState, z.literal('unknown')]),
+  ip: z.nullable(z.string()),
+  /** Seconds since the container started; null when it has not. */
+  uptime: z.nullable(z.number()),
+  restarts: z.number(),
+  reason: z.nullable(z.string()),
+  index: z.number(),
+  /** The workload version (spec hash) it runs. */
+  spec: z.string(),
+  current: z.boolean(),
+})
+export type ReplicaView = z.infer<typeof ReplicaView>
+export const ReplicaList = z.array(ReplicaView)
+/** Replicas this node's scheduler could place on no node of its view, with why. */
+export const UnplacedList = z.array(z.object({ workload: z.string(), index: z.number(), reason: z.string() }))
+
 /** The route table: method and path → request and response schemas. */
 export const routes = {
   health: { method: 'GET', path: '/v1/health', request: Empty, response: Health },
@@ -267,6 +293,18 @@ export const routes = {
     request: ClusterContainersRequest,
     response: ClusterContainers,
   },
+  workloads: { method: 'GET', path: '/v1/workloads', request: Empty, response: WorkloadList },
+  workloadPut: { method: 'POST', path: '/v1/workloads', request: WorkloadValue, response: WorkloadValue },
+  workloadScale: {
+    method: 'POST',
+    path: '/v1/workloads/scale',
+    request: ScaleRequest,
+    response: WorkloadValue,
+  },
+  workloadStop: { method: 'POST', path: '/v1/workloads/stop', request: WorkloadRef, response: WorkloadValue },
+  workloadRemove: { method: 'POST', path: '/v1/workloads/remove', request: WorkloadRef, response: Empty },
+  ps: { method: 'GET', path: '/v1/ps', request: Empty, response: ReplicaList },
+  unplaced: { method: 'GET', path: '/v1/unplaced', request: Empty, response: UnplacedList },
 } as const
 
 /** Streaming routes: the response is newline-delimited JSON, one item per line, until the client leaves. */

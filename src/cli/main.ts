@@ -8,6 +8,7 @@ import { registerAgentCommands } from './commands/agent.ts'
 import { registerClusterCommands } from './commands/cluster.ts'
 import { registerContainerCommands } from './commands/containers.ts'
 import { registerInfoCommands } from './commands/info.ts'
+import { registerWorkloadCommands } from './commands/workloads.ts'
 
 export interface GlobalOptions {
   dataDir: string
@@ -49,6 +50,7 @@ export function buildProgram(): Command {
   registerAgentCommands(program)
   registerInfoCommands(program)
   registerContainerCommands(program)
+  registerWorkloadCommands(program)
   return program
 }
 

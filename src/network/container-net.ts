@@ -141,6 +141,16 @@ export function bridgeMac(subnet: string | Subnet): string {
   return ['02', ...[...h.subarray(0, 5)].map((b) => b.toString(16).padStart(2, '0'))].join(':')
 }
 
+/**
+ * The MAC of a container's eth0, from its address (as Docker does): a container made again at the same
+ * address (a restart, a rolling update) has the same MAC, so the bridge's and its neighbours' ARP entries
+ * for that address stay right. A random MAC left them pointing at the old one for up to ~30 s (REACHABLE,
+ * refreshed by the node's own retries), and the new container was unreachable meanwhile.
+ */
+export function containerMac(ip: string): string {
+  return ['02', '42', ...ip.split('.').map((b) => Number(b).toString(16).padStart(2, '0'))].join(':')
+}
+
 // --- names ---------------------------------------------------------------------------------------------
 
 const Instance = z.string().check(z.regex(/^[0-9a-f]{6}$/))
@@ -372,7 +382,7 @@ export function planAttach(host: NetnsState, container: NetnsState, wanted: Atta
     if (veth !== undefined) plan.host.push(`link del dev ${vname}`)
     // Made in the host namespace with the peer born in the container's: nothing ever appears elsewhere.
     plan.host.push(
-      `link add name ${vname} mtu ${CONTAINER_MTU} type veth peer name ${CONTAINER_IF} mtu ${CONTAINER_MTU} netns ${netns}`,
+      `link add name ${vname} mtu ${CONTAINER_MTU} type veth peer name ${CONTAINER_IF} address ${containerMac(wanted.ip)} mtu ${CONTAINER_MTU} netns ${netns}`,
     )
   }
   const fresh = !paired

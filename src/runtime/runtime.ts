@@ -138,6 +138,7 @@ export class ContainerRuntime implements Runtime {
   readonly #containers = new Map<string, Ctr>()
   /** Serialises create/remove per container name. */
   readonly #locks = new Map<string, Promise<unknown>>()
+  readonly #listeners = new Set<(status: ContainerStatus) => void>()
   #started = false
   #stopped = false
 
@@ -260,6 +261,25 @@ export class ContainerRuntime implements Runtime {
       for (const p of ctr.procs.values()) {
         clearTimeout(p.timer)
         await p.log.close()
+      }
+    }
+  }
+
+  onChange(listener: (status: ContainerStatus) => void): () => void {
+    this.#listeners.add(listener)
+    return () => this.#listeners.delete(listener)
+  }
+
+  /** Tells the listeners (the scheduler's status records) that a container or one of its processes changed. */
+  #changed(ctr: Ctr | string | undefined): void {
+    const c = typeof ctr === 'string' ? this.#containers.get(ctr) : ctr
+    if (!c || this.#listeners.size === 0) return
+    const status = this.#status(c)
+    for (const listener of this.#listeners) {
+      try {
+        listener(status)
+      } catch (err) {
+        this.#log.warn({ err: errorMessage(err) }, 'a runtime change listener failed')
       }
     }
   }
@@ -484,6 +504,7 @@ export class ContainerRuntime implements Runtime {
       ctr.state = 'failed'
       ctr.error = `the container could not be made: ${err instanceof Error ? err.message : String(err)}`
       this.#log.error({ container: spec.name, err: ctr.error }, 'container failed')
+      this.#changed(ctr)
       return
     }
     const t1 = performance.now()
@@ -494,6 +515,7 @@ export class ContainerRuntime implements Runtime {
       }),
     )
     ctr.state = 'running'
+    this.#changed(ctr)
     this.#log.debug(
       { container: spec.name, prepareMs: Math.round(t1 - t0), startMs: Math.round(performance.now() - t1) },
       adopting ? 'container adopted' : 'container created',
@@ -923,6 +945,7 @@ export class ContainerRuntime implements Runtime {
         if (proc.shimPid === shim.pid && proc.state === 'starting') {
           proc.pid = pid
           proc.state = 'running'
+          this.#changed(proc.container)
         }
         return
       }
@@ -1002,6 +1025,7 @@ export class ContainerRuntime implements Runtime {
     proc.pid = null
     if (proc.stopping || this.#stopped || !shouldRestart(proc.spec.restart, exit)) {
       proc.state = 'exited'
+      this.#changed(proc.container)
       return
     }
     if (ranForMs >= BACKOFF_RESET_AFTER_MS) proc.failures = 0
@@ -1009,6 +1033,7 @@ export class ContainerRuntime implements Runtime {
     proc.failures++
     proc.state = 'backoff'
     proc.nextStartAt = Date.now() + delay
+    this.#changed(proc.container)
     this.#log.info(
       { container: proc.container, process: proc.spec.name, reason: exit.reason, delayMs: delay },
       'process ended; restarting after a back-off',

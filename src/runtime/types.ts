@@ -174,4 +174,6 @@ export interface Runtime {
    * container get an address of the new one, keeping their host part where free; processes keep running.
    */
   setSubnet?(cidr: string): Promise<void>
+  /** Calls `listener` when a container or one of its processes changes state; returns the unsubscribe. */
+  onChange(listener: (status: ContainerStatus) => void): () => void
 }

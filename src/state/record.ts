@@ -4,6 +4,7 @@ import type { PrivateKey } from '@libp2p/interface'
 import { peerIdFromPrivateKey, peerIdFromString } from '@libp2p/peer-id'
 import { Km1sError } from '../common/errors.ts'
 import * as z from '../common/schema.ts'
+import { RestartPolicy } from '../runtime/types.ts'
 import { decodeHlc, encodeHlc, type Hlc, isValidHlc, MAX_DRIFT_MS } from './hlc.ts'
 import { type KeyKind, MAX_KEY_BYTES, mayWrite, parseKey } from './keys.ts'
 
@@ -75,11 +76,121 @@ export const NodeValue = z.strictObject({
 })
 export type NodeValue = z.infer<typeof NodeValue>
 
+// --- workload/<name> and status/<peer>/<container>: owned by the scheduler (docs/scheduler.md) ---
+
+/** Replica containers are `<workload>-<index>` and container names hold at most 40 characters. */
+export const MAX_WORKLOAD_NAME = 32
+export const MAX_REPLICAS = 256
+export const MIN_WORKLOAD_MEMORY = 4 * 1024 * 1024
+const NAME_RULE = `lowercase letters, digits and dashes, at most ${MAX_WORKLOAD_NAME}, not starting or ending with a dash`
+export const WorkloadName = z
+  .string()
+  .check(
+    z.regex(/^[a-z0-9]([a-z0-9-]*[a-z0-9])?$/, `must be ${NAME_RULE}`),
+    z.maxLength(MAX_WORKLOAD_NAME, `must be ${NAME_RULE}`),
+  )
+export const ServiceName = z
+  .string()
+  .check(
+    z.regex(/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/, 'must be a DNS label: lowercase letters, digits, dashes'),
+  )
+/** NAME:TAG, a CID, or (before a push) a local path; the artifacts subsystem resolves it. */
+export const ArtifactRef = z
+  .string()
+  .check(z.minLength(1, 'must not be empty'), z.maxLength(200, 'must be at most 200 characters'))
+export const Arch = z
+  .string()
+  .check(z.regex(/^[a-z0-9_]{1,16}$/, 'must be an architecture name such as amd64, arm64 or armv7'))
+const noNulText = z.string().check(z.refine((s) => !s.includes('\0'), 'must not contain a NUL byte'))
+export const Command = z
+  .array(noNulText)
+  .check(
+    z.minLength(1, 'must name the program to run (after -- on the command line)'),
+    z.maxLength(256, 'may have at most 256 arguments'),
+  )
+export const Env = z
+  .record(
+    z.string().check(z.regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'names must be letters, digits and underscores')),
+    noNulText,
+  )
+  .check(z.refine((e) => Object.keys(e).length <= 128, 'may have at most 128 variables'))
+export const WorkloadLabels = z
+  .record(LabelKey, LabelValue)
+  .check(z.refine((l) => Object.keys(l).length <= 16, 'may have at most 16 labels'))
+export const Port = z
+  .number()
+  .check(
+    z.int('must be a whole number'),
+    z.minimum(1, 'must be 1 to 65535'),
+    z.maximum(65535, 'must be 1 to 65535'),
+  )
+export const Replicas = z
+  .number()
+  .check(
+    z.int('must be a whole number'),
+    z.minimum(0, `must be 0 to ${MAX_REPLICAS}`),
+    z.maximum(MAX_REPLICAS, `must be 0 to ${MAX_REPLICAS}`),
+  )
+
+/** The stored form (the `workload/<name>` record value): units normalised, every field present. */
+export const WorkloadValue = z.strictObject({
+  name: WorkloadName,
+  artifact: z.nullable(ArtifactRef),
+  command: Command,
+  replicas: Replicas,
+  /** Millicores requested and allowed; 0 = no request, no limit. */
+  cpu: z.number().check(z.int(), z.minimum(0), z.maximum(4_096_000)),
+  /** Bytes requested and allowed. */
+  memory: z.number().check(z.int(), z.minimum(MIN_WORKLOAD_MEMORY)),
+  arch: z.nullable(Arch),
+  /** Node labels a node must carry to run a replica. */
+  labels: WorkloadLabels,
+  ports: z.array(Port).check(z.maxLength(16)),
+  service: z.nullable(ServiceName),
+  restart: RestartPolicy,
+  env: Env,
+  exclusive: z.boolean(),
+  /** `km1s stop`: kept, but no replica runs. */
+  stopped: z.boolean(),
+})
+export type WorkloadValue = z.infer<typeof WorkloadValue>
+
+export const ReplicaState = z.enum([
+  'pending', // assigned here, not started yet (pulling the artifact, waiting for a rolling update's turn)
+  'waiting', // cannot start: `reason` says why (no artifact subsystem, artifact missing)
+  'creating',
+  'running',
+  'degraded', // a process is in back-off
+  'exited',
+  'failed',
+  'stopping',
+])
+export type ReplicaState = z.infer<typeof ReplicaState>
+
+/** `status/<peer>/<container>`: written only by the node that runs the container, deleted when it stops. */
+export const StatusValue = z.strictObject({
+  workload: z.string().check(z.maxLength(64)),
+  /** The node's name. */
+  node: z.string().check(z.maxLength(63)),
+  state: ReplicaState,
+  ip: z.nullable(z.string().check(z.maxLength(64))),
+  restarts: z.number().check(z.int(), z.minimum(0)),
+  reason: z.nullable(z.string().check(z.maxLength(500))),
+  /** ms since the epoch when the container started; null until it did. */
+  startedAt: z.nullable(z.number().check(z.int(), z.minimum(0))),
+  index: z.number().check(z.int(), z.minimum(0)),
+  /** specHash of the workload version it runs: rolling updates compare it. */
+  spec: z.string().check(z.maxLength(64)),
+  /** Health gate passed (always true until health checks exist). */
+  healthy: z.boolean(),
+})
+export type StatusValue = z.infer<typeof StatusValue>
+
 export const VALUE_SCHEMAS: { readonly [K in KeyKind]: z.ZodMiniType } = {
   node: NodeValue,
-  status: AnyObject,
+  status: StatusValue,
   label: z.record(LabelKey, LabelValue).check(z.refine((labels) => Object.keys(labels).length <= 64)),
-  workload: AnyObject,
+  workload: WorkloadValue,
   service: AnyObject,
   tag: AnyObject,
   // network/subnet.ts has the same schema (SubnetClaimValue); state cannot import network.

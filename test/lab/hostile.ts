@@ -103,7 +103,7 @@ const attacks: Array<[string, Uint8Array]> = [
     'oversized',
     encodeRecord(
       await signRecord(privateKey, {
-        key: 'workload/huge',
+        key: 'service/huge',
         value: { blob: 'x'.repeat(80_000) },
         hlc,
         deleted: false,

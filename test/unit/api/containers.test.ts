@@ -33,6 +33,9 @@ const NODE = join(ROOT, 'node_modules/.bin/node')
 
 /** The Runtime interface in memory: containers are records, logs a list, exec a local command. */
 class FakeRuntime implements Runtime {
+  onChange(): () => void {
+    return () => {}
+  }
   readonly kind = 'process' as const
   readonly containers = new Map<string, ContainerStatus>()
   readonly entries: LogEntry[] = []

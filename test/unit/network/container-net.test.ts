@@ -11,6 +11,7 @@ import {
   BRIDGE,
   bridgeAddress,
   bridgeMac,
+  containerMac,
   detachContainer,
   ensureBridge,
   formatIPv4,
@@ -362,12 +363,17 @@ describe('plans', () => {
     'route replace default via 10.42.0.1 dev eth0',
   ]
 
+  it('gives eth0 a MAC made of its address, so a container made again at one address keeps its MAC', () => {
+    assert.equal(containerMac('10.42.0.2'), '02:42:0a:2a:00:02')
+    assert.equal(containerMac('10.42.255.254'), '02:42:0a:2a:ff:fe')
+  })
+
   it('attaches a fresh namespace in one host batch and one container batch', () => {
     const plan = planAttach(hostWith(), parseNetnsState(ipOutput([LO_DOWN], [])), wanted)
     assert.deepEqual(plan, {
       containerFirst: [],
       host: [
-        'link add name km1s0123456789a mtu 1420 type veth peer name eth0 mtu 1420 netns km1s-a1b2c3-web',
+        'link add name km1s0123456789a mtu 1420 type veth peer name eth0 address 02:42:0a:2a:00:02 mtu 1420 netns km1s-a1b2c3-web',
         'link set dev km1s0123456789a addrgenmode none',
         'link set dev km1s0123456789a master km1s0 up',
       ],
@@ -394,7 +400,7 @@ describe('plans', () => {
     assert.deepEqual(plan.containerFirst, ['link del dev eth0'])
     assert.deepEqual(plan.host.slice(0, 2), [
       'link del dev km1s0123456789a',
-      'link add name km1s0123456789a mtu 1420 type veth peer name eth0 mtu 1420 netns km1s-a1b2c3-web',
+      'link add name km1s0123456789a mtu 1420 type veth peer name eth0 address 02:42:0a:2a:00:02 mtu 1420 netns km1s-a1b2c3-web',
     ])
     assert.deepEqual(plan.container, ['addr replace 10.42.0.2/24 dev eth0', ...full.slice(2)])
   })

@@ -27,6 +27,7 @@ function runtime(names: string[]): Runtime {
   return {
     kind: 'process',
     start: async () => {},
+    onChange: () => () => {},
     stop: async () => {},
     create: async () => status('x'),
     remove: async () => {},

@@ -76,6 +76,7 @@ function fakeRuntime(containers: string[]): FakeRuntime {
     pulled: 0,
     followersAborted: 0,
     start: async () => {},
+    onChange: () => () => {},
     stop: async () => {},
     create: async () => {
       throw new Error('no')

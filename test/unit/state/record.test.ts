@@ -38,7 +38,7 @@ describe('record signatures', () => {
       fc.asyncProperty(
         fc.dictionary(fc.string({ maxLength: 8 }), fc.jsonValue({ maxDepth: 3 })),
         async (value) => {
-          const rec = await signRecord(keyA, draft('workload/web', value as RecordDraft['value']))
+          const rec = await signRecord(keyA, draft('service/web', value as RecordDraft['value']))
           assert.equal(rec.author, A)
           assert.ok(await verifyRecord(rec))
           const back = decodeRecord(encodeRecord(rec))
@@ -52,8 +52,8 @@ describe('record signatures', () => {
   })
 
   it('signs canonical bytes: key order inside the value does not matter', async () => {
-    const one = signingBytes({ ...draft('workload/web', { a: 1, b: { c: 2, d: 3 } }), author: A })
-    const two = signingBytes({ ...draft('workload/web', { b: { d: 3, c: 2 }, a: 1 }), author: A })
+    const one = signingBytes({ ...draft('service/web', { a: 1, b: { c: 2, d: 3 } }), author: A })
+    const two = signingBytes({ ...draft('service/web', { b: { d: 3, c: 2 }, a: 1 }), author: A })
     assert.deepEqual(one, two)
   })
 
@@ -81,9 +81,9 @@ describe('record signatures', () => {
   })
 
   it('fails verify for a changed key, value, clock, author or delete flag', async () => {
-    const rec = await signRecord(keyA, draft('workload/web', { image: 'nginx' }))
+    const rec = await signRecord(keyA, draft('service/web', { image: 'nginx' }))
     const changed: SignedRecord[] = [
-      { ...rec, key: 'workload/wec' },
+      { ...rec, key: 'service/wec' },
       { ...rec, value: { image: 'nginy' } },
       { ...rec, hlc: { ...rec.hlc, counter: rec.hlc.counter + 1 } },
       { ...rec, hlc: { ...rec.hlc, wall: rec.hlc.wall - 1 } },
@@ -101,7 +101,7 @@ describe('key space and ownership', () => {
       `node/${A}`,
       `status/${A}/web-1`,
       `label/${B}`,
-      'workload/web',
+      'service/web',
       'service/db',
       'tag/web:v1.2',
       'subnet/10.42.0.0/16',
@@ -116,9 +116,9 @@ describe('key space and ownership', () => {
       'node/QmNotAnEd25519PeerIdAtAll',
       `status/${A}`,
       `status/${A}/a/b`,
-      'workload/Web',
-      'workload/-web',
-      'workload/a/b',
+      'service/Web',
+      'service/-web',
+      'service/a/b',
       'tag/web',
       'tag/:v1',
       'tag/web:',
@@ -138,7 +138,7 @@ describe('key space and ownership', () => {
     assert.ok(mayWrite(`status/${A}/web`, A))
     assert.equal(mayWrite(`node/${A}`, B), false)
     assert.equal(mayWrite(`status/${A}/web`, B), false)
-    for (const k of [`label/${A}`, 'workload/web', 'service/web', 'tag/web:v1', 'subnet/10.0.0.0/8'])
+    for (const k of [`label/${A}`, 'service/web', 'service/web', 'tag/web:v1', 'subnet/10.0.0.0/8'])
       assert.ok(mayWrite(k, B), k)
   })
 
@@ -153,11 +153,25 @@ describe('key space and ownership', () => {
       startedAt: 1,
       wgPublicKey: null,
     })
+    const statusValue = (node: string) => ({
+      workload: 'web',
+      node,
+      state: 'running',
+      ip: null,
+      restarts: 0,
+      reason: null,
+      startedAt: null,
+      index: 0,
+      spec: 'abc',
+      healthy: true,
+    })
+    const recordValue = (key: string, name: string) =>
+      key.startsWith('node/') ? nodeValue(name) : statusValue(name)
     for (const key of [`node/${A}`, `status/${A}/web`]) {
-      const forged = await signRecord(keyB, draft(key, nodeValue('evil')))
+      const forged = await signRecord(keyB, draft(key, recordValue(key, 'evil')))
       assert.ok(await verifyRecord(forged), 'the signature itself is fine')
       assert.deepEqual(await validateIncoming(forged, NOW), { ok: false, reason: 'forged-owner' })
-      const own = await signRecord(keyA, draft(key, nodeValue('pi-1')))
+      const own = await signRecord(keyA, draft(key, recordValue(key, 'pi-1')))
       assert.deepEqual(await validateIncoming(own, NOW), { ok: true })
       // `km1s forget`: any member may delete another node's records; the owner rewrites them if alive.
       const forget = await signRecord(keyB, {
@@ -173,7 +187,7 @@ describe('key space and ownership', () => {
   })
 
   it('drops a record whose author was swapped for a member key as bad-signature', async () => {
-    const rec = await signRecord(keyB, draft('workload/web', { image: 'nginx' }))
+    const rec = await signRecord(keyB, draft('service/web', { image: 'nginx' }))
     assert.deepEqual(await validateIncoming({ ...rec, author: A }, NOW), {
       ok: false,
       reason: 'bad-signature',
@@ -186,37 +200,37 @@ describe('incoming validation', () => {
     const signed = (d: RecordDraft) => signRecord(keyA, d)
     const cases: [string, SignedRecord, string][] = [
       ['unknown key', await signed(draft('secrets/x', { a: 1 })), 'unknown-key'],
-      ['key over 256 bytes', await signed(draft(`workload/${'a'.repeat(300)}`, {})), 'oversized'],
+      ['key over 256 bytes', await signed(draft(`service/${'a'.repeat(300)}`, {})), 'oversized'],
       ['label with a bad label key', await signed(draft(`label/${A}`, { 'bad key': 'x' })), 'invalid-value'],
       ['label value not a string', await signed(draft(`label/${A}`, { zone: 3 })), 'invalid-value'],
-      ['workload value not an object', await signed(draft('workload/web', 'nginx')), 'invalid-value'],
-      ['tombstone with a value', await signed(draft('workload/web', {}, { deleted: true })), 'invalid-value'],
+      ['workload value not an object', await signed(draft('service/web', 'nginx')), 'invalid-value'],
+      ['tombstone with a value', await signed(draft('service/web', {}, { deleted: true })), 'invalid-value'],
       // signRecord refuses such a value locally, so the hostile one is hand-made (checks precede the signature).
       [
         'value nested too deep',
-        { ...(await signed(draft('workload/web', {}))), value: deep(40) },
+        { ...(await signed(draft('service/web', {}))), value: deep(40) },
         'invalid-value',
       ],
       [
         'value over 64 KiB',
-        await signed(draft('workload/web', { blob: 'x'.repeat(MAX_RECORD_BYTES) })),
+        await signed(draft('service/web', { blob: 'x'.repeat(MAX_RECORD_BYTES) })),
         'oversized',
       ],
       [
         'clock too far ahead',
-        await signed(draft('workload/web', {}, { hlc: { wall: NOW + MAX_DRIFT_MS + 1, counter: 0 } })),
+        await signed(draft('service/web', {}, { hlc: { wall: NOW + MAX_DRIFT_MS + 1, counter: 0 } })),
         'clock-drift',
       ],
     ]
     for (const [what, rec, reason] of cases)
       assert.deepEqual(await validateIncoming(rec, NOW), { ok: false, reason }, what)
-    await assert.rejects(signed(draft('workload/web', deep(40))), { code: 'ERR_STATE_VALUE' })
-    const tomb = await signed(draft('workload/web', null, { deleted: true }))
+    await assert.rejects(signed(draft('service/web', deep(40))), { code: 'ERR_STATE_VALUE' })
+    const tomb = await signed(draft('service/web', null, { deleted: true }))
     assert.deepEqual(await validateIncoming(tomb, NOW), { ok: true })
   })
 
   it('checks the cheap things before the signature', () => {
-    const unsigned = { ...draft('workload/web', {}), author: A, sig: new Uint8Array(64) }
+    const unsigned = { ...draft('service/web', {}), author: A, sig: new Uint8Array(64) }
     assert.deepEqual(checkRecord(unsigned, NOW), { ok: true })
     assert.deepEqual(checkRecord({ ...unsigned, key: `node/${B}` }, NOW), {
       ok: false,
@@ -233,7 +247,7 @@ describe('incoming validation', () => {
   })
 
   it('refuses malformed wire input, never throwing', async () => {
-    const rec = await signRecord(keyA, draft('workload/web', { image: 'nginx' }))
+    const rec = await signRecord(keyA, draft('service/web', { image: 'nginx' }))
     const wire = JSON.parse(new TextDecoder().decode(encodeRecord(rec)))
     const enc = (x: unknown) => new TextEncoder().encode(JSON.stringify(x))
     const bad = [
