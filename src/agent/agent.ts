@@ -2,6 +2,7 @@ import { readFile, rm, writeFile } from 'node:fs/promises'
 import { availableParallelism, arch as osArch, totalmem } from 'node:os'
 import { Level } from 'level'
 import { ApiServer } from '../api/index.ts'
+import { Artifacts } from '../artifacts/index.ts'
 import { errorMessage, Km1sError } from '../common/errors.ts'
 import type { Logger } from '../common/logger.ts'
 import { dataPaths } from '../common/paths.ts'
@@ -62,6 +63,7 @@ export class Agent {
   #membership: Membership | undefined
   #api: ApiServer | undefined
   #runtime: Runtime | undefined
+  #artifacts: Artifacts | undefined
   #name = ''
   #stopping: Promise<void> | undefined
 
@@ -152,6 +154,17 @@ export class Agent {
       logger,
     })
     await this.#runtime?.start()
+    this.#artifacts = new Artifacts({
+      dataDir,
+      store,
+      libp2p: mesh.libp2p,
+      logger,
+      arch: archName(),
+      quota: process.env.KM1S_ARTIFACTS_QUOTA,
+      // TEST ONLY: lets a lab test run a hostile peer (docs/artifacts.md).
+      corruptServedBlocks: process.env.KM1S_TEST_CORRUPT_BLOCKS === '1',
+    })
+    await this.#artifacts.start()
     const { handlers, streams, upgrades } = createHandlers({
       name: () => this.#name,
       dataDir,
@@ -161,6 +174,7 @@ export class Agent {
       store,
       replication: this.#replication,
       runtime: this.#runtime,
+      artifacts: this.#artifacts,
     })
     this.#api = new ApiServer({ socket: this.config.socket, handlers, streams, upgrades, logger })
     await this.#api.start()
@@ -179,6 +193,7 @@ export class Agent {
   async #stop(): Promise<void> {
     const steps: Array<[string, () => Promise<void> | void]> = [
       ['api', () => this.#api?.stop()],
+      ['artifacts', () => this.#artifacts?.stop()],
       ['runtime', () => this.#runtime?.stop()],
       ['membership', () => this.#membership?.stop()],
       ['replication', () => this.#replication?.stop()],

@@ -2,6 +2,8 @@
 import { createHash } from 'node:crypto'
 import type { Handlers, NodeView, StatusView, StreamHandlers } from '../api/index.ts'
 import type { UpgradeHandlers } from '../api/server.ts'
+import { operationEvents } from '../artifacts/events.ts'
+import type { Artifacts } from '../artifacts/index.ts'
 import { Km1sError } from '../common/errors.ts'
 import { KM1S_VERSION } from '../common/version.ts'
 import { type Member, type Membership, resolveNode } from '../membership/index.ts'
@@ -20,6 +22,8 @@ export interface HandlerDeps {
   replication: Replication
   /** The node's container runtime; undefined when the agent runs none (the container routes say so). */
   runtime: Runtime | undefined
+  /** Undefined only in tests of other routes. */
+  artifacts?: Artifacts
 }
 
 function labelsOf(store: Store, id: string): Record<string, string> {
@@ -81,6 +85,10 @@ export function createHandlers(d: HandlerDeps): {
       )
     return found
   }
+  const artifacts = (): Artifacts => {
+    if (d.artifacts) return d.artifacts
+    throw new Km1sError('ERR_NO_ARTIFACTS', 'This agent runs no artifact store; restart the agent.')
+  }
   const handlers: Handlers = {
     health: () => ({ ok: true, name: d.name(), id: mesh.peerId.toString(), pid: process.pid }),
     nodes: () => {
@@ -132,6 +140,10 @@ export function createHandlers(d: HandlerDeps): {
       await runtime().remove(req.name)
       return {}
     },
+    artifacts: () => artifacts().list(),
+    artifactsStatus: () => artifacts().stats(),
+    artifactRemove: (req) => artifacts().remove(req.ref, req.arch),
+    artifactGc: () => artifacts().gc(),
   }
   const streams: StreamHandlers = {
     watch: async function* (req, signal) {
@@ -152,6 +164,14 @@ export function createHandlers(d: HandlerDeps): {
       const { container: name, ...query } = req
       return runtime().logs(name, { ...query, signal })
     },
+    push: (req, signal) =>
+      operationEvents((onProgress) =>
+        artifacts().push(req.path, req.name, { arch: req.arch, signal, onProgress }),
+      ),
+    pull: (req, signal) =>
+      operationEvents((onProgress) =>
+        artifacts().pull(req.ref, { arch: req.arch, checkout: req.checkout, signal, onProgress }),
+      ),
   }
   const upgrades: UpgradeHandlers = {
     exec: async (req, log) => {

@@ -72,13 +72,29 @@ export const NodeValue = z.strictObject({
 })
 export type NodeValue = z.infer<typeof NodeValue>
 
+/** `tag/<name>:<tag>`: one root CID per arch (artifacts/ writes it; docs/artifacts.md). */
+export const TagValue = z.strictObject({
+  arches: z
+    .record(
+      z.string().check(z.regex(/^[a-z0-9]{1,16}$/)),
+      z.strictObject({
+        /** The root CID, CIDv1 in base32. */
+        cid: z.string().check(z.regex(/^b[a-z2-7]{20,120}$/)),
+        size: z.number().check(z.int(), z.minimum(0)),
+        pushedAt: z.number().check(z.int(), z.minimum(0)),
+      }),
+    )
+    .check(z.refine((a) => Object.keys(a).length <= 16, 'at most 16 arches')),
+})
+export type TagValue = z.infer<typeof TagValue>
+
 export const VALUE_SCHEMAS: { readonly [K in KeyKind]: z.ZodMiniType } = {
   node: NodeValue,
   status: AnyObject,
   label: z.record(LabelKey, LabelValue).check(z.refine((labels) => Object.keys(labels).length <= 64)),
   workload: AnyObject,
   service: AnyObject,
-  tag: AnyObject,
+  tag: TagValue,
   subnet: AnyObject,
 }
 
