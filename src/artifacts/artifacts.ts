@@ -33,6 +33,7 @@ import {
 } from './protocol.ts'
 import { ANY_ARCH, ArchName, cidForArch, parseRef, rootsOf, TagValue, withArch, withoutArch } from './refs.ts'
 import { readChunks, refuseSpecial, walkTree } from './tree.ts'
+import { fixXsalsa20Memory } from './xsalsa20-fix.ts'
 
 export interface ArtifactsInit {
   dataDir: string
@@ -120,6 +121,7 @@ export class Artifacts {
   #stats = { blocksServed: 0, bytesServed: 0, badBlocksReceived: 0, garbageRequests: 0 }
 
   constructor(init: ArtifactsInit) {
+    fixXsalsa20Memory()
     this.#init = init
     this.#log = init.logger.child({ subsystem: 'artifacts' })
     this.#dir = join(init.dataDir, 'artifacts')
@@ -606,7 +608,8 @@ export class Artifacts {
             out = Uint8Array.from(bytes)
             out[0] = (out[0] ?? 0) ^ 0xff
           }
-          await lp.writeV([Uint8Array.of(ANS_BLOCK), out], { signal })
+          // One frame (writeV would send two): the status byte, then the block.
+          await lp.write(Buffer.concat([Uint8Array.of(ANS_BLOCK), out]), { signal })
           this.#stats.blocksServed++
           this.#stats.bytesServed += bytes.length
         } else {
@@ -616,7 +619,7 @@ export class Artifacts {
             continue
           }
           const bits = bitfield(uniqueChunks(m).map((c) => this.#blocks.has(c)))
-          await lp.writeV([Uint8Array.of(ANS_HAVE), bits], { signal })
+          await lp.write(Buffer.concat([Uint8Array.of(ANS_HAVE), bits]), { signal })
         }
       }
     } catch (err) {

@@ -61,13 +61,19 @@ class Provider {
   seeder = false
   sent = 0
   closed = false
-  lastAnswer = Date.now()
+  /** Since when the oldest request still unanswered has waited. */
+  waitingSince = Date.now()
   haveInFlight = false
 
-  constructor(peer: string, stream: Stream) {
+  constructor(peer: string, stream: Stream, window: number) {
     this.peer = peer
     this.stream = stream
-    this.lp = lpStream(stream, { maxDataLength: MAX_ANSWER_BYTES })
+    // libp2p 3 streams push data without backpressure and a reader's buffer has a cap (4 MiB by default):
+    // the window of requests is what bounds it, so the cap is the window's worth of blocks plus a margin.
+    this.lp = lpStream(stream, {
+      maxDataLength: MAX_ANSWER_BYTES,
+      maxBufferSize: (window + 1) * (MAX_ANSWER_BYTES + 16) + (64 << 10),
+    })
   }
 
   wants(): number {
@@ -152,9 +158,13 @@ class FetchSession {
       this.#signal.throwIfAborted()
       if (this.#error) throw this.#error
       const now = Date.now()
-      if (this.#providers.size > 0) lastProviderAt = now
+      // A provider counts once it answered HAVE: a connected peer that lacks the root is no provider.
+      if ([...this.#providers.values()].some((p) => p.have)) lastProviderAt = now
       else if (now - lastProviderAt > findTimeout) throw this.#unavailable()
-      if (now - this.#lastProgressAt > (this.#d.stallTimeoutMs ?? 20_000)) throw this.#unavailable()
+      if (now - this.#lastProgressAt > (this.#d.stallTimeoutMs ?? 20_000)) {
+        this.#log.warn(this.#describe(), 'pull stalled')
+        throw this.#unavailable()
+      }
       if (now - lastDiscovery > (this.#providers.size === 0 ? 300 : 2_000)) {
         lastDiscovery = now
         void this.#discover()
@@ -169,6 +179,22 @@ class FetchSession {
     }
     this.#progress()
     return { manifest: this.#manifest as Manifest, badBlocks: this.#badBlocks, peers: [...this.#used] }
+  }
+
+  /** The session's state, for the log when a pull fails. */
+  #describe(): object {
+    return {
+      root: this.#root.toString(),
+      missing: this.#missing.size,
+      inFlight: [...this.#inFlight],
+      providers: [...this.#providers.values()].map((p) => ({
+        peer: p.peer.slice(-6),
+        seeder: p.seeder,
+        pending: p.pending.map((x) => (x.op === 'want' ? x.index : x.op)),
+        holds: this.#chunks.filter((_, i) => p.have && bitAt(p.have, i)).length,
+        waitingMs: Date.now() - p.waitingSince,
+      })),
+    }
   }
 
   #done(): boolean {
@@ -259,7 +285,7 @@ class FetchSession {
           const stream = await this.#d.dial(peer, AbortSignal.any([this.#signal, AbortSignal.timeout(3_000)]))
           if (this.#signal.aborted || this.#providers.size >= max)
             return void stream.abort(new PullAbort('done'))
-          const p = new Provider(peer, stream)
+          const p = new Provider(peer, stream, this.#window)
           this.#providers.set(peer, p)
           void this.#readLoop(p)
           this.#askHave(p)
@@ -271,6 +297,7 @@ class FetchSession {
   }
 
   #send(p: Provider, op: number, cid: CID, pending: Pending): void {
+    if (p.pending.length === 0) p.waitingSince = Date.now()
     p.pending.push(pending)
     p.lp.write(encodeRequest(op, cid), { signal: this.#signal }).catch((err) => this.#fail(p, err))
   }
@@ -285,7 +312,7 @@ class FetchSession {
     try {
       while (!p.closed) {
         const answer = (await p.lp.read({ signal: this.#signal })).subarray()
-        p.lastAnswer = Date.now()
+        p.waitingSince = Date.now()
         const pending = p.pending.shift()
         if (!pending) throw new Km1sError('ERR_BLOCKS_PROTOCOL', 'an answer nobody asked for')
         const status = answer[0]
@@ -368,7 +395,7 @@ class FetchSession {
   #timeouts(now: number): void {
     const limit = this.#d.requestTimeoutMs ?? 10_000
     for (const p of this.#providers.values())
-      if (p.pending.length > 0 && now - p.lastAnswer > limit) this.#fail(p, new Error('no answer in time'))
+      if (p.pending.length > 0 && now - p.waitingSince > limit) this.#fail(p, new Error('no answer in time'))
   }
 
   /** Fills every provider's window with the rarest chunks it holds. */
