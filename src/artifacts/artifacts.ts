@@ -25,6 +25,7 @@ import {
   ANS_BLOCK,
   ANS_HAVE,
   ANS_NONE,
+  ANS_SEED,
   BLOCKS_PROTOCOL,
   bitfield,
   decodeRequest,
@@ -102,6 +103,7 @@ export interface Progress {
 }
 
 const BAN_MS = 10 * 60_000
+const SEED_REST_MS = 1_500
 
 export class Artifacts {
   readonly #init: ArtifactsInit
@@ -116,6 +118,11 @@ export class Artifacts {
   readonly #activeBlocks = new Set<string>()
   readonly #ensuring = new Map<string, Promise<{ cid: string; dir: string }>>()
   readonly #dhtFound = new Map<string, Set<string>>()
+  /** How often each block was sent, for super-seeding (#advertised). */
+  readonly #servedCount = new Map<string, number>()
+  readonly #lastServed = new Map<string, number>()
+  /** Chunks of artifacts this node seeds (holds whole): their WANTs follow the super-seeding offer. */
+  readonly #seeding = new Set<string>()
   #started = false
   #checkoutSeq = 0
   #stats = { blocksServed: 0, bytesServed: 0, badBlocksReceived: 0, garbageRequests: 0 }
@@ -578,6 +585,45 @@ export class Artifacts {
     return [...out]
   }
 
+  /**
+   * What a HAVE answer shows. A node holding the whole artifact shows only the chunks it has sent least
+   * often (BitTorrent's super-seeding): pullers that start together then take different chunks from it and
+   * the rest from each other, so its upload stays near one copy however many pull. Once every chunk went
+   * out equally often, it shows them all again, so a lone puller or a straggler is never stuck.
+   */
+  #advertised(chunks: CID[]): { offered: boolean[]; seed: boolean } {
+    const held = chunks.map((c) => this.#blocks.has(c))
+    if (!held.every(Boolean)) return { offered: held, seed: false }
+    if (this.#servedCount.size > 100_000) {
+      this.#servedCount.clear()
+      this.#lastServed.clear()
+      this.#seeding.clear()
+    }
+    const counts = chunks.map((c) => this.#servedCount.get(c.toString()) ?? 0)
+    const least = Math.min(...counts)
+    const now = Date.now()
+    return {
+      offered: chunks.map((c, i) => {
+        this.#seeding.add(c.toString())
+        return (counts[i] ?? 0) <= least && this.#restedSince(c.toString(), now)
+      }),
+      seed: true,
+    }
+  }
+
+  /**
+   * A chunk this node just sent is not sent again for a moment: the puller that got it will offer it to
+   * the others as soon as its next HAVE answer goes out, and they should take it from there.
+   */
+  #restedSince(key: string, now: number): boolean {
+    return now - (this.#lastServed.get(key) ?? 0) > SEED_REST_MS
+  }
+
+  /** Whether a WANT is served: always, but for a seeded chunk sent a moment ago (then: not here, ask again). */
+  #offeredNow(key: string): boolean {
+    return !this.#seeding.has(key) || this.#restedSince(key, Date.now())
+  }
+
   /** The serving side: answers WANT and HAVE in order until the puller closes the stream. */
   async #serve(stream: Stream, conn: Connection): Promise<void> {
     const peer = conn.remotePeer.toString()
@@ -598,7 +644,7 @@ export class Artifacts {
           throw new Km1sError('ERR_BLOCKS_PROTOCOL', `peer ${peer} sent a request that is not one`)
         }
         if (req.op === OP_WANT) {
-          const bytes = await this.#blocks.get(req.cid)
+          const bytes = this.#offeredNow(req.cid.toString()) ? await this.#blocks.get(req.cid) : undefined
           if (!bytes) {
             await lp.write(Uint8Array.of(ANS_NONE), { signal })
             continue
@@ -611,6 +657,9 @@ export class Artifacts {
           // One frame (writeV would send two): the status byte, then the block.
           await lp.write(Buffer.concat([Uint8Array.of(ANS_BLOCK), out]), { signal })
           this.#stats.blocksServed++
+          const key = req.cid.toString()
+          this.#servedCount.set(key, (this.#servedCount.get(key) ?? 0) + 1)
+          this.#lastServed.set(key, Date.now())
           this.#stats.bytesServed += bytes.length
         } else {
           const m = await this.#manifestOf(req.cid.toString())
@@ -618,8 +667,10 @@ export class Artifacts {
             await lp.write(Uint8Array.of(ANS_NONE), { signal })
             continue
           }
-          const bits = bitfield(uniqueChunks(m).map((c) => this.#blocks.has(c)))
-          await lp.write(Buffer.concat([Uint8Array.of(ANS_HAVE), bits]), { signal })
+          const { offered, seed } = this.#advertised(uniqueChunks(m))
+          await lp.write(Buffer.concat([Uint8Array.of(seed ? ANS_SEED : ANS_HAVE), bitfield(offered)]), {
+            signal,
+          })
         }
       }
     } catch (err) {

@@ -14,6 +14,7 @@ import {
   ANS_BLOCK,
   ANS_HAVE,
   ANS_NONE,
+  ANS_SEED,
   bitAt,
   encodeRequest,
   MAX_ANSWER_BYTES,
@@ -83,6 +84,9 @@ class Provider {
   }
 }
 
+/** How long a "not here" keeps a chunk off a provider: a seeder offers it again after a rest. */
+const REFUSAL_MS = 2_000
+
 export class PullAbort extends Error {
   override readonly name = 'PullAbort'
 }
@@ -116,12 +120,13 @@ class FetchSession {
   #sizes: number[] = []
   #missing = new Set<number>()
   #inFlight = new Set<number>()
-  /** Chunk index → peers that answered "not here" for it. */
-  #refused = new Map<number, Set<string>>()
+  /** Chunk index → peers that answered "not here" for it, and when (a seeder may offer it again later). */
+  #refused = new Map<number, Map<string, number>>()
   #badBlocks = 0
   #bytes = 0
   #total = 0
   #lastProgressAt = Date.now()
+  #start = 0
   #wake: (() => void) | undefined
   #error: Error | undefined
 
@@ -139,7 +144,7 @@ class FetchSession {
   }
 
   get #window(): number {
-    return this.#d.window ?? 4
+    return this.#d.window ?? 3
   }
 
   close(): void {
@@ -251,6 +256,7 @@ class FetchSession {
         sizeOf.set(c.toString(), Math.min(1 << 20, e.size - i * (1 << 20)))
       })
     }
+    this.#start = Math.floor(Math.random() * this.#chunks.length)
     this.#sizes = this.#chunks.map((c) => sizeOf.get(c.toString()) ?? 0)
     this.#total = this.#sizes.reduce((a, b) => a + b, 0)
     this.#chunks.forEach((c, i) => {
@@ -274,7 +280,7 @@ class FetchSession {
     } catch {
       return
     }
-    const max = this.#d.maxProviders ?? 8
+    const max = this.#d.maxProviders ?? 10
     await Promise.all(
       peers.map(async (peer) => {
         if (this.#providers.has(peer) || this.#providers.size >= max || this.#d.isBanned(peer)) return
@@ -323,17 +329,18 @@ class FetchSession {
             this.#drop(p)
             return
           }
-          if (status !== ANS_HAVE) throw new Km1sError('ERR_BLOCKS_PROTOCOL', 'a bad HAVE answer')
+          if (status !== ANS_HAVE && status !== ANS_SEED)
+            throw new Km1sError('ERR_BLOCKS_PROTOCOL', 'a bad HAVE answer')
           p.have = body
-          if (this.#manifest) p.seeder = this.#chunks.every((_, i) => bitAt(body, i))
+          p.seeder = status === ANS_SEED
           if (!this.#manifest && !p.pending.some((x) => x.op === 'want-root'))
             this.#send(p, OP_WANT, this.#root, { op: 'want-root' })
         } else if (status === ANS_NONE) {
           if (pending.op === 'want') {
             this.#inFlight.delete(pending.index)
-            const refused = this.#refused.get(pending.index) ?? new Set<string>()
+            const refused = this.#refused.get(pending.index) ?? new Map<string, number>()
             this.#refused.set(pending.index, refused)
-            refused.add(p.peer)
+            refused.set(p.peer, Date.now())
           }
         } else if (status === ANS_BLOCK) {
           await this.#receive(p, pending, body)
@@ -364,9 +371,13 @@ class FetchSession {
       return
     }
     if (pending.op !== 'want') return
-    this.#inFlight.delete(pending.index)
     if (!this.#missing.has(pending.index)) return
-    await this.#d.blocks.put(cid, bytes)
+    // Still in flight while it is written: another provider's answer must not ask for it again meanwhile.
+    try {
+      await this.#d.blocks.put(cid, bytes)
+    } finally {
+      this.#inFlight.delete(pending.index)
+    }
     this.#missing.delete(pending.index)
     this.#bytes += this.#sizes[pending.index] ?? bytes.length
     this.#progress()
@@ -408,7 +419,7 @@ class FetchSession {
     for (const i of this.#missing) {
       let n = 0
       for (const p of providers)
-        if (bitAt(p.have as Uint8Array, i) && !this.#refused.get(i)?.has(p.peer)) {
+        if (bitAt(p.have as Uint8Array, i) && !this.#isRefused(i, p.peer)) {
           n++
           if (!p.seeder) heldByPuller.add(i)
         }
@@ -417,7 +428,11 @@ class FetchSession {
     // Pullers first, so a chunk another puller holds is taken from it, not from a seeder.
     providers.sort((a, b) => Number(a.seeder) - Number(b.seeder))
     for (const p of providers) {
-      while (p.wants() < this.#window) {
+      // A seeder gets a narrower window: while it serves few requests at a time, the pullers' HAVE answers
+      // catch up and the next picks go to them, which keeps the seeder's upload near one copy.
+      const window =
+        p.seeder && heldByPuller.size < this.#missing.size ? Math.max(1, this.#window - 1) : this.#window
+      while (p.wants() < window) {
         const pick = this.#pick(p, holders, heldByPuller)
         if (pick === undefined) break
         this.#inFlight.add(pick)
@@ -430,28 +445,27 @@ class FetchSession {
     let best: number | undefined
     let bestRank = Number.POSITIVE_INFINITY
     let bestTie = 0
-    const busyElsewhere = [...this.#providers.values()].some((q) => q !== p && !q.seeder && q.wants() > 0)
     for (const i of this.#missing) {
       if (this.#inFlight.has(i)) continue
-      if (!bitAt(p.have as Uint8Array, i) || this.#refused.get(i)?.has(p.peer)) continue
-      // A seeder serves what no puller holds, unless the pullers that hold it are idle.
-      if (p.seeder && heldByPuller.has(i) && busyElsewhere) continue
+      if (!bitAt(p.have as Uint8Array, i) || this.#isRefused(i, p.peer)) continue
+      // A seeder serves only what no puller offers: a puller that holds it will answer, or be dropped.
+      if (p.seeder && heldByPuller.has(i)) continue
       const rank = holders.get(i) ?? 0
-      const tie = Math.random()
+      // Among the rarest, the next after this session's random start: pullers that start together ask a
+      // seeder for different runs of chunks instead of colliding at random.
+      const tie = (i - this.#start + this.#chunks.length) % this.#chunks.length
       if (rank < bestRank || (rank === bestRank && tie < bestTie)) {
         best = i
         bestRank = rank
         bestTie = tie
       }
     }
-    if (best === undefined) {
-      // Nobody else has it and this provider refused: after every provider refused, give up on it.
-      for (const i of this.#missing) {
-        const refused = this.#refused.get(i)
-        if (refused && refused.size >= this.#providers.size && !this.#inFlight.has(i)) refused.clear()
-      }
-    }
     return best
+  }
+
+  #isRefused(index: number, peer: string): boolean {
+    const at = this.#refused.get(index)?.get(peer)
+    return at !== undefined && Date.now() - at < REFUSAL_MS
   }
 }
 

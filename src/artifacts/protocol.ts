@@ -5,6 +5,7 @@
 //   answer:   [0][block bytes]        the block (the puller checks it against the CID)
 //             [1]                     not here
 //             [2][bitfield]           for HAVE: bit i = the i-th chunk of the manifest's uniqueChunks()
+//             [3][bitfield]           for HAVE from a node holding every chunk: the chunks it offers now
 import { type CID, cidFromBytes, MAX_BLOCK_BYTES } from './cid.ts'
 
 export const BLOCKS_PROTOCOL = '/km1s/blocks/1.0.0'
@@ -13,6 +14,7 @@ export const OP_HAVE = 2
 export const ANS_BLOCK = 0
 export const ANS_NONE = 1
 export const ANS_HAVE = 2
+export const ANS_SEED = 3
 export const MAX_REQUEST_BYTES = 80
 export const MAX_ANSWER_BYTES = MAX_BLOCK_BYTES + 1
 
