@@ -40,7 +40,7 @@ export interface FetchDeps {
   ban(peer: string, reason: string): void
   isBanned(peer: string): boolean
   logger: Logger
-  /** Requests in flight per provider. */
+  /** Requests (blocks) in flight for the whole pull, shared by its providers. */
   window?: number
   maxProviders?: number
   /** How long to look for a first provider, and for any provider while chunks are missing. */
@@ -144,7 +144,7 @@ class FetchSession {
   }
 
   get #window(): number {
-    return this.#d.window ?? 3
+    return this.#d.window ?? 16
   }
 
   close(): void {
@@ -409,7 +409,7 @@ class FetchSession {
       if (p.pending.length > 0 && now - p.waitingSince > limit) this.#fail(p, new Error('no answer in time'))
   }
 
-  /** Fills every provider's window with the rarest chunks it holds. */
+  /** Deals the window of requests to the providers, each the rarest chunk it holds. */
   #schedule(): void {
     if (!this.#manifest || this.#missing.size === 0) return
     const providers = [...this.#providers.values()].filter((p) => !p.closed && p.have)
@@ -427,16 +427,25 @@ class FetchSession {
     }
     // Pullers first, so a chunk another puller holds is taken from it, not from a seeder.
     providers.sort((a, b) => Number(a.seeder) - Number(b.seeder))
-    for (const p of providers) {
-      // A seeder gets a narrower window: while it serves few requests at a time, the pullers' HAVE answers
-      // catch up and the next picks go to them, which keeps the seeder's upload near one copy.
-      const window =
-        p.seeder && heldByPuller.size < this.#missing.size ? Math.max(1, this.#window - 1) : this.#window
-      while (p.wants() < window) {
+    // One budget of requests in flight for the whole pull (memory: a block each), dealt one request per
+    // provider per round: a lone provider gets the whole window, eight get two each.
+    let budget = this.#window
+    for (const p of this.#providers.values()) budget -= p.wants()
+    let dealt = true
+    while (budget > 0 && dealt) {
+      dealt = false
+      for (const p of providers) {
+        if (budget <= 0) break
+        // A seeder gets few at a time while pullers hold chunks: their next HAVE answers catch up and the
+        // next picks go to them, which keeps the seeder's upload near one copy.
+        const cap = p.seeder && heldByPuller.size > 0 ? 2 : this.#window
+        if (p.wants() >= cap) continue
         const pick = this.#pick(p, holders, heldByPuller)
-        if (pick === undefined) break
+        if (pick === undefined) continue
         this.#inFlight.add(pick)
         this.#send(p, OP_WANT, this.#chunks[pick] as CID, { op: 'want', index: pick })
+        budget--
+        dealt = true
       }
     }
   }
