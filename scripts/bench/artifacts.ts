@@ -2,7 +2,7 @@
 // pulls at once, a swarm over /km1s/blocks/1.0.0) beside a baseline in the same run: the 8 nodes download the
 // same file from n1 over plain HTTP at once. Reports total time and bytes n1 uploaded for both (ratios), the
 // push time and the pulling agents' peak RSS. Needs root (the lab). Usage: scripts/bench/artifacts [--quick]
-import { type ChildProcess, spawn } from 'node:child_process'
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
 import { readFileSync, writeFileSync } from 'node:fs'
 import { join, resolve } from 'node:path'
@@ -14,6 +14,8 @@ const quick = process.argv.includes('--quick')
 const PULLERS = 8
 const SIZE = 64 * 2 ** 20
 const ROUNDS = quick ? 1 : 3
+/** Each node's upload cap in Mbit/s (null: none): the lab's veths as they are, and a 100 Mbit/s LAN. */
+const LINKS: Array<number | null> = [null, 100]
 const NODE = resolve(import.meta.dirname, '../../node_modules/node/bin/node')
 const log = (line: string) => process.stdout.write(`${line}\n`)
 
@@ -47,6 +49,32 @@ function inNetns(node: LabNode, cmd: string[]): ChildProcess {
       stdio: ['ignore', 'pipe', 'inherit'],
     },
   )
+}
+
+/**
+ * Caps every node's upload at `mbit` (a LAN link: the lab's veths are otherwise as fast as the CPU) with a
+ * bridge-family nftables policer in the lab's LAN namespace; null removes the cap.
+ */
+function uplinkLimit(lanNetns: string, nodes: LabNode[], mbit: number | null): void {
+  const kbytes = mbit === null ? 0 : Math.round((mbit * 1e6) / 8 / 1000)
+  const rules =
+    mbit === null
+      ? ''
+      : nodes
+          .map(
+            (n) => `    iifname "v${n.index}" limit rate over ${kbytes} kbytes/second burst 256 kbytes drop`,
+          )
+          .join('\n')
+  const script = `table bridge km1sbench\ndelete table bridge km1sbench\n${
+    mbit === null
+      ? ''
+      : `table bridge km1sbench {\n  chain forward {\n    type filter hook forward priority 0; policy accept;\n${rules}\n  }\n}\n`
+  }`
+  const r = spawnSync('nsenter', [`--net=/run/netns/${lanNetns}`, '--', 'nft', '-f', '-'], {
+    input: script,
+    encoding: 'utf8',
+  })
+  if (r.status !== 0) throw new Error(`nft failed: ${r.stderr}`)
 }
 
 async function sha256(path: string): Promise<string> {
@@ -112,47 +140,62 @@ async function main(): Promise<void> {
     await waitForAlive(c.nodes, c.nodes, 60_000)
     const [seed, ...pullers] = c.nodes as [LabNode, ...LabNode[]]
     const rows: Row[] = []
-    const runs: unknown[] = []
-    for (let round = 1; round <= ROUNDS; round++) {
-      const file = join(c.lab.dir, `artifact-${round}.bin`)
-      const data = randomBytes(SIZE)
-      writeFileSync(file, data)
-      const want = createHash('sha256').update(data).digest('hex')
-      const http = await httpBaseline(seed, pullers, file, c.lab.dir, want)
-      log(
-        `round ${round}: HTTP ${(http.ms / 1000).toFixed(2)} s, n1 uploaded ${(http.uploaded / SIZE).toFixed(2)}×`,
+    const runs: Array<{
+      link: string
+      round: number
+      http: { ms: number; uploaded: number }
+      km1s: Awaited<ReturnType<typeof km1sRun>>
+    }> = []
+    for (const link of LINKS) {
+      uplinkLimit(c.lab.lanNetns, c.nodes, link)
+      const label = link === null ? 'unlimited veth' : `${link} Mbit/s uplinks`
+      for (let round = 1; round <= ROUNDS; round++) {
+        const file = join(c.lab.dir, `artifact-${round}.bin`)
+        const data = randomBytes(SIZE)
+        writeFileSync(file, data)
+        const want = createHash('sha256').update(data).digest('hex')
+        const http = await httpBaseline(seed, pullers, file, c.lab.dir, want)
+        log(
+          `${label}, round ${round}: HTTP ${(http.ms / 1000).toFixed(2)} s, n1 uploaded ${(http.uploaded / SIZE).toFixed(2)}×`,
+        )
+        const k = await km1sRun(seed, pullers, file, `bench-${link ?? 0}:${round}`)
+        log(
+          `${label}, round ${round}: km1s ${(k.ms / 1000).toFixed(2)} s, n1 uploaded ${(k.uploaded / SIZE).toFixed(2)}×, push ${(k.pushMs / 1000).toFixed(2)} s, peers per pull ${k.peers.join(',')}`,
+        )
+        runs.push({ link: label, round, http, km1s: k })
+        for (const n of c.nodes)
+          await km1sOk(n, ['artifacts', 'rm', `bench-${link ?? 0}:${round}`]).catch(() => '')
+        for (const n of c.nodes) await km1sOk(n, ['artifacts', 'gc'])
+      }
+      const mine = runs.filter((r) => r.link === label)
+      const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? Number.NaN
+      const pick = (f: (r: (typeof runs)[number]) => number) => median(mine.map(f))
+      rows.push(
+        {
+          metric: `${label}: total time, 8 pulls at once`,
+          value: pick((r) => r.km1s.ms) / 1000,
+          unit: 's',
+          baseline: pick((r) => r.http.ms) / 1000,
+          target: '≤ baseline',
+        },
+        {
+          metric: `${label}: bytes uploaded by n1 / size`,
+          value: pick((r) => r.km1s.uploaded) / SIZE,
+          unit: '×',
+          baseline: pick((r) => r.http.uploaded) / SIZE,
+          target: '≤ 2',
+        },
+        { metric: `${label}: push of 64 MiB on n1`, value: pick((r) => r.km1s.pushMs) / 1000, unit: 's' },
+        {
+          metric: `${label}: peak RSS of a pulling agent`,
+          value: pick((r) => r.km1s.peakRss) / 2 ** 20,
+          unit: 'MiB',
+        },
       )
-      const k = await km1sRun(seed, pullers, file, `bench:${round}`)
-      log(
-        `round ${round}: km1s ${(k.ms / 1000).toFixed(2)} s, n1 uploaded ${(k.uploaded / SIZE).toFixed(2)}×, push ${(k.pushMs / 1000).toFixed(2)} s, peers per pull ${k.peers.join(',')}`,
-      )
-      runs.push({ round, http, km1s: k })
-      for (const n of pullers) await km1sOk(n, ['artifacts', 'gc'])
     }
-    const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? Number.NaN
-    const pick = (
-      f: (r: { http: { ms: number; uploaded: number }; km1s: Awaited<ReturnType<typeof km1sRun>> }) => number,
-    ) => median((runs as Array<Parameters<typeof f>[0]>).map(f))
-    rows.push(
-      {
-        metric: 'total time, 8 pulls at once (median)',
-        value: pick((r) => r.km1s.ms) / 1000,
-        unit: 's',
-        baseline: pick((r) => r.http.ms) / 1000,
-        target: '≤ baseline',
-      },
-      {
-        metric: 'bytes uploaded by n1 / artifact size',
-        value: pick((r) => r.km1s.uploaded) / SIZE,
-        unit: '×',
-        baseline: pick((r) => r.http.uploaded) / SIZE,
-        target: '≤ 2',
-      },
-      { metric: 'push of 64 MiB on n1', value: pick((r) => r.km1s.pushMs) / 1000, unit: 's' },
-      { metric: 'peak RSS of a pulling agent', value: pick((r) => r.km1s.peakRss) / 2 ** 20, unit: 'MiB' },
-    )
+    uplinkLimit(c.lab.lanNetns, c.nodes, null)
     printRows(
-      `artifacts: 64 MiB from n1 to ${PULLERS} nodes at once (km1s swarm vs plain HTTP from n1), ${ROUNDS} rounds`,
+      `artifacts: 64 MiB from n1 to ${PULLERS} nodes at once (km1s swarm; baseline plain HTTP from n1), median of ${ROUNDS}`,
       rows,
     )
     log(`wrote ${writeJson('artifacts', { rows, runs })}`)
