@@ -9,6 +9,7 @@ import { rm, stat, writeFile } from 'node:fs/promises'
 import { createServer } from 'node:net'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
+import { instanceId } from '../../src/runtime/names.ts'
 import {
   agentArgs,
   type Cluster,
@@ -20,6 +21,7 @@ import {
   waitForAlive,
 } from './cluster.ts'
 import { type LabNode, waitFor } from './lab.ts'
+import { census } from './runtime-fixture.ts'
 
 const isRoot = process.getuid?.() === 0
 const MB = 1_000_000
@@ -225,5 +227,50 @@ describe('artifacts: push once, pull anywhere', { skip: !isRoot && 'the lab need
     assert.ok(after2.bytes <= before.bytes - 50 * MB)
     await rm(join(files, 'big1.bin'), { force: true })
     assert.ok((await stat(join(files, 'small.bin'))).size > 0)
+  })
+
+  it('the runtime mounts a pulled artifact read-only at /app', async () => {
+    const four = node(4)
+    await four.stop()
+    await startAgent(four, { runtime: 'oci', extraArgs: agentArgs(four) })
+    const instance = instanceId((await client(four).status()).id)
+    const runDir = join(four.dataDir, '..', `${four.name}-run`)
+    const dir = join(files, 'app')
+    await rm(dir, { recursive: true, force: true })
+    await writeFile(join(files, 'hello.sh'), '#!/bin/sh\necho hello from the artifact\n')
+    await km1sOk(node(1), ['push', join(files, 'hello.sh'), '--name', 'hello:1'])
+    const ctl = new AbortController()
+    let appDir: string | null = null
+    for await (const e of client(four).pull({ ref: 'hello:1', checkout: true }, ctl.signal))
+      if (e.t === 'done') appDir = e.result?.dir ?? null
+    ctl.abort()
+    assert.ok(appDir, 'the pull checked the artifact out')
+    try {
+      await client(four).createContainer({
+        name: 'app',
+        artifactDir: appDir,
+        processes: [
+          {
+            name: 'main',
+            args: [
+              '/bin/sh',
+              '-c',
+              '/bin/sh /app/hello.sh; touch /app/x 2>/dev/null || echo app-is-read-only; exec sleep 600',
+            ],
+          },
+        ],
+      })
+      await waitFor('the artifact to run', async () => {
+        const out = (await km1sOk(four, ['logs', 'app'])).trim()
+        if (!/app-is-read-only/.test(out)) throw new Error(`logs: ${out}`)
+        assert.match(out, /hello from the artifact/)
+        return true
+      })
+    } finally {
+      await km1s(four, ['containers', 'rm', 'app'])
+      await four.stop()
+    }
+    const left = census(instance, runDir)
+    assert.deepEqual(Object.values(left).flat(), [], JSON.stringify(left))
   })
 })
