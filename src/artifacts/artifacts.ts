@@ -550,14 +550,17 @@ export class Artifacts {
   }
 
   /**
-   * Who may hold `root`: connected peers (they answer HAVE), nodes running a workload of it (status
-   * records) and providers on the DHT (looked up in the background, remembered for the next round).
+   * Who may hold `root`: connected peers (they answer HAVE), the node that wrote its tag record, nodes
+   * running a workload of it (status records) and providers on the DHT (looked up in the background, remembered for the next round).
    */
   async #candidates(root: CID, signal: AbortSignal): Promise<string[]> {
     const self = this.#init.libp2p.peerId.toString()
     const key = root.toString()
     const out = new Set<string>(this.#init.libp2p.getPeers().map((p) => p.toString()))
     const tagValue = (k: string) => this.#tagValue(k)
+    // A tag record is signed by the node that pushed: it holds the root unless it collected it since.
+    for (const r of this.#init.store.list('tag/'))
+      if (rootsOf(r.key.slice('tag/'.length), tagValue).includes(key)) out.add(r.author)
     for (const r of this.#init.store.list('status/')) {
       const workload = (r.value as { workload?: unknown } | null)?.workload
       if (typeof workload !== 'string') continue
