@@ -233,6 +233,7 @@ describe('artifacts: push once, pull anywhere', { skip: !isRoot && 'the lab need
     const four = node(4)
     await four.stop()
     await startAgent(four, { runtime: 'oci', extraArgs: agentArgs(four) })
+    await waitForAlive(n, n)
     const instance = instanceId((await client(four).status()).id)
     const runDir = join(four.dataDir, '..', `${four.name}-run`)
     const dir = join(files, 'app')
@@ -241,10 +242,13 @@ describe('artifacts: push once, pull anywhere', { skip: !isRoot && 'the lab need
     await km1sOk(node(1), ['push', join(files, 'hello.sh'), '--name', 'hello:1'])
     const ctl = new AbortController()
     let appDir: string | null = null
-    for await (const e of client(four).pull({ ref: 'hello:1', checkout: true }, ctl.signal))
+    let failure = ''
+    for await (const e of client(four).pull({ ref: 'hello:1', checkout: true }, ctl.signal)) {
       if (e.t === 'done') appDir = e.result?.dir ?? null
+      if (e.t === 'error') failure = `${e.code}: ${e.message}`
+    }
     ctl.abort()
-    assert.ok(appDir, 'the pull checked the artifact out')
+    assert.ok(appDir, `the pull checked the artifact out (${failure})`)
     try {
       await client(four).createContainer({
         name: 'app',
