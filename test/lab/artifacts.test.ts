@@ -183,6 +183,7 @@ describe('artifacts: push once, pull anywhere', { skip: !isRoot && 'the lab need
     const src = join(files, 'big3.bin')
     await randomFile(src, 50 * MB)
     await km1sOk(node(1), ['push', src, '--name', 'big:3'])
+    const before = (await client(five).artifactsStatus()).bytes
     const full = await km1s(five, ['pull', 'big:3', '--arch', 'any'])
     assert.notEqual(full.code, 0)
     assert.match(full.stderr, /artifact store is full/)
@@ -195,6 +196,23 @@ describe('artifacts: push once, pull anywhere', { skip: !isRoot && 'the lab need
     }>
     const big1 = list.find((a) => a.name === 'big' && a.tag === '1')
     assert.equal(big1?.local, true, 'what n5 held before is intact')
+
+    // With the quota raised the interrupted pull resumes: the chunks it kept are not fetched again.
+    const kept = s.bytes - before
+    assert.ok(kept > 0, 'the failed pull kept the chunks it had fetched')
+    await five.stop()
+    await startAgent(five, { extraArgs: agentArgs(five) })
+    await waitForAlive(n, n)
+    const others = n.filter((x) => x !== five)
+    const servedBefore = await Promise.all(
+      others.map(async (x) => (await client(x).artifactsStatus()).bytesServed),
+    )
+    await km1sOk(five, ['pull', 'big:3', '--arch', 'any'])
+    const servedAfter = await Promise.all(
+      others.map(async (x) => (await client(x).artifactsStatus()).bytesServed),
+    )
+    const fetched = servedAfter.reduce((sum, b, i) => sum + b - (servedBefore[i] ?? 0), 0)
+    assert.ok(fetched <= 50 * MB - kept + 2 ** 20, `fetched ${fetched} bytes after keeping ${kept}`)
   })
 
   it('gc keeps what tags refer to and removes the rest', async () => {
