@@ -99,7 +99,15 @@ async function httpBaseline(seed: LabNode, pullers: LabNode[], file: string, dir
     for (const r of results) if (r.code !== 0) throw new Error(`an HTTP download failed: ${r.stderr}`)
     for (const n of pullers)
       if ((await sha256(join(dir, `http-${n.name}.out`))) !== want) throw new Error('an HTTP copy differs')
-    const sent = Number((await seed.exec(['curl', '-s', 'http://127.0.0.1:8000/sent'])).stdout)
+    const sent = Number(
+      (
+        await seed.exec([
+          NODE,
+          '-e',
+          "fetch('http://127.0.0.1:8000/sent').then((r) => r.text()).then(console.log)",
+        ])
+      ).stdout,
+    )
     return { ms, uploaded: sent }
   } finally {
     server.kill('SIGKILL')
