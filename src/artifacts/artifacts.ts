@@ -647,23 +647,21 @@ export class Artifacts {
           throw new Km1sError('ERR_BLOCKS_PROTOCOL', `peer ${peer} sent a request that is not one`)
         }
         if (req.op === OP_WANT) {
-          const bytes = this.#offeredNow(req.cid.toString()) ? await this.#blocks.get(req.cid) : undefined
-          if (!bytes) {
+          const frame = this.#offeredNow(req.cid.toString())
+            ? await this.#blocks.getWithHeadroom(req.cid, 1)
+            : undefined
+          if (!frame) {
             await lp.write(Uint8Array.of(ANS_NONE), { signal })
             continue
           }
-          let out = bytes
-          if (this.#init.corruptServedBlocks) {
-            out = Uint8Array.from(bytes)
-            out[0] = (out[0] ?? 0) ^ 0xff
-          }
-          // One frame (writeV would send two): the status byte, then the block.
-          await lp.write(Buffer.concat([Uint8Array.of(ANS_BLOCK), out]), { signal })
+          frame[0] = ANS_BLOCK
+          if (this.#init.corruptServedBlocks && frame.length > 1) frame[1] = (frame[1] ?? 0) ^ 0xff
+          await lp.write(frame, { signal })
           this.#stats.blocksServed++
           const key = req.cid.toString()
           this.#servedCount.set(key, (this.#servedCount.get(key) ?? 0) + 1)
           this.#lastServed.set(key, Date.now())
-          this.#stats.bytesServed += bytes.length
+          this.#stats.bytesServed += frame.length - 1
         } else {
           const m = await this.#manifestOf(req.cid.toString())
           if (!m) {

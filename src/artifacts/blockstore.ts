@@ -2,7 +2,7 @@
 // blobs). A block is written to a temporary file and renamed: a reader or a crash sees the whole block or
 // none, so a failed write (quota, full disk) leaves the store as it was. Blocks are not fsync'd one by one:
 // every read is checked against its CID, and a torn block is deleted and fetched again.
-import { mkdir, open, readdir, readFile, rename, rm, stat, statfs } from 'node:fs/promises'
+import { mkdir, open, readdir, rename, rm, stat, statfs } from 'node:fs/promises'
 import { join } from 'node:path'
 import { Km1sError } from '../common/errors.ts'
 import { blockMatches, type CID, parseCid } from './cid.ts'
@@ -62,20 +62,36 @@ export class FileBlockstore {
 
   /** The block's bytes after checking them against the CID; a block that fails the check is removed. */
   async get(cid: CID): Promise<Uint8Array | undefined> {
+    return (await this.getWithHeadroom(cid, 0))?.subarray(0)
+  }
+
+  /**
+   * The block read into a buffer `headroom` bytes into it (the first bytes left for a frame header, so a
+   * provider sends it without copying a MiB), checked against the CID like get().
+   */
+  async getWithHeadroom(cid: CID, headroom: number): Promise<Buffer | undefined> {
     const key = cid.toString()
-    if (!this.#sizes.has(key)) return undefined
-    let bytes: Uint8Array
+    const size = this.#sizes.get(key)
+    if (size === undefined) return undefined
+    let buf: Buffer
     try {
-      bytes = await readFile(this.#path(key))
+      const fh = await open(this.#path(key), 'r')
+      try {
+        buf = Buffer.allocUnsafe(headroom + size)
+        const { bytesRead } = await fh.read(buf, headroom, size, 0)
+        if (bytesRead !== size) buf = buf.subarray(0, headroom + bytesRead)
+      } finally {
+        await fh.close()
+      }
     } catch {
       this.#forget(key)
       return undefined
     }
-    if (!blockMatches(cid, bytes)) {
+    if (!blockMatches(cid, buf.subarray(headroom))) {
       await this.delete(key)
       return undefined
     }
-    return bytes
+    return buf
   }
 
   /** Stores a block already checked against its CID. Throws ERR_ARTIFACT_QUOTA or ERR_DISK_FULL. */
