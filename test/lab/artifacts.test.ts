@@ -146,6 +146,7 @@ describe('artifacts: push once, pull anywhere', { skip: !isRoot && 'the lab need
     assert.ok(r.badBlocks >= 1, `n2 saw ${r.badBlocks} corrupt blocks`)
     const s = await client(node(2)).artifactsStatus()
     assert.ok(s.bannedPeers >= 1)
+    assert.match(await km1sOk(node(2), ['artifacts', 'status']), /PEERS BANNED\n.*\s[1-9]\d*$/m)
     assert.ok(s.badBlocksReceived >= 1)
   })
 

@@ -179,6 +179,29 @@ export function registerArtifactCommands(program: Command): void {
       )
     })
   artifacts
+    .command('status')
+    .description(
+      "this node's store: blocks, bytes and quota, what it served, corrupt blocks refused, peers banned",
+    )
+    .action(async (_opts: unknown, cmd: Command) => {
+      const g = globals(cmd)
+      const s = await new ApiClient(g.socket).artifactsStatus()
+      if (g.json) return printJson(s)
+      printTable(
+        ['BLOCKS', 'SIZE', 'QUOTA', 'SERVED', 'CORRUPT BLOCKS REFUSED', 'PEERS BANNED'],
+        [
+          [
+            s.blocks,
+            humanBytes(s.bytes),
+            humanBytes(s.quota),
+            humanBytes(s.bytesServed),
+            s.badBlocksReceived,
+            s.bannedPeers,
+          ],
+        ],
+      )
+    })
+  artifacts
     .command('gc')
     .description('removes the blocks and checkouts that no tag or workload refers to')
     .action(async (_opts: unknown, cmd: Command) => {
