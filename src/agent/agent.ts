@@ -2,6 +2,7 @@ import { readFile, rm, writeFile } from 'node:fs/promises'
 import { availableParallelism, arch as osArch, totalmem } from 'node:os'
 import { Level } from 'level'
 import { ApiServer } from '../api/index.ts'
+import { Artifacts } from '../artifacts/index.ts'
 import { errorMessage, Km1sError } from '../common/errors.ts'
 import type { Logger } from '../common/logger.ts'
 import { dataPaths } from '../common/paths.ts'
@@ -80,6 +81,7 @@ export class Agent {
   #remote: Remote | undefined
   #network: NodeNetwork | undefined
   #scheduler: Scheduler | undefined
+  #artifacts: Artifacts | undefined
   #name = ''
   #stopping: Promise<void> | undefined
 
@@ -186,6 +188,17 @@ export class Agent {
       logger,
     })
     await this.#runtime?.start()
+    this.#artifacts = new Artifacts({
+      dataDir,
+      store,
+      libp2p: mesh.libp2p,
+      logger,
+      arch: archName(),
+      quota: process.env.KM1S_ARTIFACTS_QUOTA,
+      // TEST ONLY: lets a lab test run a hostile peer (docs/artifacts.md).
+      corruptServedBlocks: process.env.KM1S_TEST_CORRUPT_BLOCKS === '1',
+    })
+    await this.#artifacts.start()
     // Loopback for the node itself; the bridge's .1 for its containers (their resolv.conf names it).
     const dnsAddresses = (subnet: string | undefined) => [
       '127.0.0.1',
@@ -216,15 +229,15 @@ export class Agent {
       logger,
     })
     await this.#remote.start()
-    // Scheduler: placement over this node's view, its own replicas through the runtime. The artifacts
-    // subsystem (another branch) plugs in as `artifacts` (contracts.md); until then a workload with an
-    // artifact waits with a reason. The start-up grace equals the detector's dead time (docs/scheduler.md).
+    // Scheduler: placement over this node's view, its own replicas through the runtime, their artifacts
+    // pulled through artifacts/ first. The start-up grace equals the detector's dead time (docs/scheduler.md).
     this.#scheduler = new Scheduler({
       selfId: mesh.peerId.toString(),
       nodeName: () => this.#name,
       store,
       membership: this.#membership,
       runtime: this.#runtime,
+      artifacts: this.#artifacts,
       logger,
       startupGraceMs: this.config.detector?.deadMs,
     })
@@ -242,6 +255,7 @@ export class Agent {
       remote: this.#remote,
       network: this.#network,
       scheduler: this.#scheduler,
+      artifacts: this.#artifacts,
     })
     this.#api = new ApiServer({ socket: this.config.socket, handlers, streams, upgrades, logger })
     await this.#api.start()
@@ -263,6 +277,7 @@ export class Agent {
       ['dns', () => this.#dns?.stop()],
       ['remote', () => this.#remote?.stop()],
       ['scheduler', () => this.#scheduler?.stop()],
+      ['artifacts', () => this.#artifacts?.stop()],
       ['runtime', () => this.#runtime?.stop()],
       ['network', () => this.#network?.stop()],
       ['membership', () => this.#membership?.stop()],

@@ -2,6 +2,8 @@
 import { createHash } from 'node:crypto'
 import type { Handlers, NodeView, StatusView, StreamHandlers } from '../api/index.ts'
 import type { UpgradeHandlers } from '../api/server.ts'
+import { operationEvents } from '../artifacts/events.ts'
+import type { Artifacts } from '../artifacts/index.ts'
 import { Km1sError } from '../common/errors.ts'
 import { KM1S_VERSION } from '../common/version.ts'
 import type { DnsService } from '../dns/index.ts'
@@ -32,6 +34,8 @@ export interface HandlerDeps {
   network?: NodeNetwork | undefined
   /** The scheduler, for what it could not place. */
   scheduler?: { unplaced(): Unplaced[] }
+  /** Undefined only in tests of other routes. */
+  artifacts?: Artifacts
 }
 
 function labelsOf(store: Store, id: string): Record<string, string> {
@@ -108,6 +112,10 @@ export function createHandlers(d: HandlerDeps): {
         `Container ${name} has no process named ${process}; it has ${found.processes.map((p) => p.name).join(', ')}.`,
       )
     return found
+  }
+  const artifacts = (): Artifacts => {
+    if (d.artifacts) return d.artifacts
+    throw new Km1sError('ERR_NO_ARTIFACTS', 'This agent runs no artifact store; restart the agent.')
   }
   const handlers: Handlers = {
     health: () => ({ ok: true, name: d.name(), id: mesh.peerId.toString(), pid: process.pid }),
@@ -186,6 +194,10 @@ export function createHandlers(d: HandlerDeps): {
     },
     // Workloads (scheduler/): run, apply, get, scale, stop, rm, ps.
     ...createWorkloadHandlers({ store, membership, scheduler: d.scheduler }),
+    artifacts: () => artifacts().list(),
+    artifactsStatus: () => artifacts().stats(),
+    artifactRemove: (req) => artifacts().remove(req.ref, req.arch),
+    artifactGc: () => artifacts().gc(),
   }
   const streams: StreamHandlers = {
     watch: async function* (req, signal) {
@@ -208,6 +220,14 @@ export function createHandlers(d: HandlerDeps): {
       const { container: name, ...query } = req
       return runtime().logs(name, { ...query, signal })
     },
+    push: (req, signal) =>
+      operationEvents((onProgress) =>
+        artifacts().push(req.path, req.name, { arch: req.arch, signal, onProgress }),
+      ),
+    pull: (req, signal) =>
+      operationEvents((onProgress) =>
+        artifacts().pull(req.ref, { arch: req.arch, checkout: req.checkout, signal, onProgress }),
+      ),
   }
   const upgrades: UpgradeHandlers = {
     exec: async (req, log) => {

@@ -143,6 +143,31 @@ export class ApiClient {
     return this.stream('logs', query, signal)
   }
 
+  artifacts() {
+    return this.call('artifacts', {})
+  }
+
+  artifactsStatus() {
+    return this.call('artifactsStatus', {})
+  }
+
+  removeArtifact(ref: string, arch?: string) {
+    return this.call('artifactRemove', { ref, arch })
+  }
+
+  gcArtifacts() {
+    return this.call('artifactGc', {})
+  }
+
+  /** Progress events, then one `done` (with the result) or one `error` event. */
+  push(request: StreamRequestOf<'push'>, signal: AbortSignal) {
+    return this.stream('push', request, signal)
+  }
+
+  pull(request: StreamRequestOf<'pull'>, signal: AbortSignal) {
+    return this.stream('pull', request, signal)
+  }
+
   /** Starts an exec session: resolves once the agent switched protocols, or rejects with its error. */
   exec(request: ExecOptions): Promise<ExecChannel> {
     const route = upgrades.exec

@@ -271,6 +271,77 @@ export type ReplicaView = z.infer<typeof ReplicaView>
 export const ReplicaList = z.array(ReplicaView)
 /** Replicas this node's scheduler could place on no node of its view, with why. */
 export const UnplacedList = z.array(z.object({ workload: z.string(), index: z.number(), reason: z.string() }))
+// --- artifacts (docs/artifacts.md) ---
+const ArtifactRef = z.string().check(z.minLength(1), z.maxLength(200))
+const ArchField = z.string().check(z.regex(/^[a-z0-9]{1,16}$/, 'an arch is 1–16 lowercase letters or digits'))
+/** Push names a path on the agent's machine (the CLI sends it absolute): no file travels through the API. */
+export const PushRequest = z.strictObject({
+  path: z.string().check(z.minLength(1), z.maxLength(4096)),
+  name: ArtifactRef,
+  arch: z.optional(ArchField),
+})
+export const PullRequest = z.strictObject({
+  ref: ArtifactRef,
+  arch: z.optional(ArchField),
+  /** Also write the files into a read-only checkout directory (for `pull -o`, which copies from it). */
+  checkout: z.optional(z.stringbool()),
+})
+const ProgressFields = {
+  bytes: z.number(),
+  total: z.number(),
+  peers: z.number(),
+  badBlocks: z.number(),
+}
+export const PushResultView = z.object({
+  name: z.string(),
+  tag: z.string(),
+  arch: z.string(),
+  cid: z.string(),
+  size: z.number(),
+  files: z.number(),
+})
+export const PullResultView = z.object({
+  cid: z.string(),
+  arch: z.string(),
+  size: z.number(),
+  dir: z.nullable(z.string()),
+  kind: z.enum(['file', 'dir']),
+  badBlocks: z.number(),
+  peers: z.number(),
+})
+const eventOf = <R extends z.ZodMiniType>(result: R) =>
+  z.object({
+    t: z.enum(['progress', 'done', 'error']),
+    ...ProgressFields,
+    result: z.optional(result),
+    code: z.optional(z.string()),
+    message: z.optional(z.string()),
+  })
+export const PushEvent = eventOf(PushResultView)
+export const PullEvent = eventOf(PullResultView)
+export const ArtifactView = z.object({
+  name: z.string(),
+  tag: z.string(),
+  arch: z.string(),
+  size: z.number(),
+  cid: z.string(),
+  local: z.boolean(),
+  pushedAt: z.number(),
+})
+export const ArtifactList = z.array(ArtifactView)
+export const ArtifactRemoveRequest = z.strictObject({ ref: ArtifactRef, arch: z.optional(ArchField) })
+export const GcView = z.object({ removedBlocks: z.number(), freedBytes: z.number(), keptRoots: z.number() })
+export const ArtifactRemoved = z.object({ ...GcView.shape, removedTags: z.number() })
+export const ArtifactsStatsView = z.object({
+  blocks: z.number(),
+  bytes: z.number(),
+  quota: z.number(),
+  blocksServed: z.number(),
+  bytesServed: z.number(),
+  badBlocksReceived: z.number(),
+  garbageRequests: z.number(),
+  bannedPeers: z.number(),
+})
 
 /** The route table: method and path → request and response schemas. */
 export const routes = {
@@ -305,12 +376,28 @@ export const routes = {
   workloadRemove: { method: 'POST', path: '/v1/workloads/remove', request: WorkloadRef, response: Empty },
   ps: { method: 'GET', path: '/v1/ps', request: Empty, response: ReplicaList },
   unplaced: { method: 'GET', path: '/v1/unplaced', request: Empty, response: UnplacedList },
+  artifacts: { method: 'GET', path: '/v1/artifacts', request: Empty, response: ArtifactList },
+  artifactsStatus: {
+    method: 'GET',
+    path: '/v1/artifacts/status',
+    request: Empty,
+    response: ArtifactsStatsView,
+  },
+  artifactRemove: {
+    method: 'POST',
+    path: '/v1/artifacts/remove',
+    request: ArtifactRemoveRequest,
+    response: ArtifactRemoved,
+  },
+  artifactGc: { method: 'POST', path: '/v1/artifacts/gc', request: Empty, response: GcView },
 } as const
 
 /** Streaming routes: the response is newline-delimited JSON, one item per line, until the client leaves. */
 export const streams = {
   watch: { method: 'GET', path: '/v1/watch', request: WatchRequest, item: WatchEvent },
   logs: { method: 'GET', path: '/v1/logs', request: LogsRequest, item: LogEntryView },
+  push: { method: 'GET', path: '/v1/push', request: PushRequest, item: PushEvent },
+  pull: { method: 'GET', path: '/v1/pull', request: PullRequest, item: PullEvent },
 } as const
 export type Streams = typeof streams
 export type StreamName = keyof Streams

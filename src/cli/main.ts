@@ -5,6 +5,7 @@ import { errorMessage, isKm1sError } from '../common/errors.ts'
 import { defaultDataDir, defaultSocket } from '../common/paths.ts'
 import { KM1S_VERSION } from '../common/version.ts'
 import { registerAgentCommands } from './commands/agent.ts'
+import { registerArtifactCommands } from './commands/artifacts.ts'
 import { registerClusterCommands } from './commands/cluster.ts'
 import { registerContainerCommands } from './commands/containers.ts'
 import { registerInfoCommands } from './commands/info.ts'
@@ -51,6 +52,7 @@ export function buildProgram(): Command {
   registerInfoCommands(program)
   registerContainerCommands(program)
   registerWorkloadCommands(program)
+  registerArtifactCommands(program)
   return program
 }
 

@@ -14,18 +14,9 @@ export function parsePairs(args: string[], flag: string): Record<string, string>
   return out
 }
 
-/**
- * Seam for the artifacts branch: `--artifact ./dir` (a local path) is pushed first and replaced by the
- * resulting CID. Until that push API exists, a path is refused with what to do instead.
- */
-export function artifactRef(value: string | undefined): string | undefined {
-  if (value === undefined) return undefined
-  if (/^(\.{1,2}(\/|$)|\/|~)/.test(value))
-    throw new Km1sError(
-      'ERR_UNSUPPORTED',
-      `--artifact ${value} is a local path; push it first with 'km1s push ${value} --name NAME:TAG', then run with --artifact NAME:TAG.`,
-    )
-  return value
+/** Whether `--artifact` names a local file or directory (pushed first) rather than a tag or a CID. */
+export function isLocalArtifact(value: string | undefined): value is string {
+  return value !== undefined && /^(\.{1,2}(\/|$)|\/|~)/.test(value)
 }
 
 export interface RunOptions {
@@ -57,7 +48,7 @@ export function workloadFromFlags(name: string, command: string[], o: RunOptions
   return normalizeWorkload({
     name,
     command,
-    artifact: artifactRef(o.artifact),
+    artifact: o.artifact,
     replicas: o.replicas,
     cpu: o.cpu,
     memory: o.memory,

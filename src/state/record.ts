@@ -186,13 +186,29 @@ export const StatusValue = z.strictObject({
 })
 export type StatusValue = z.infer<typeof StatusValue>
 
+/** `tag/<name>:<tag>`: one root CID per arch (artifacts/ writes it; docs/artifacts.md). */
+export const TagValue = z.strictObject({
+  arches: z
+    .record(
+      z.string().check(z.regex(/^[a-z0-9]{1,16}$/)),
+      z.strictObject({
+        /** The root CID, CIDv1 in base32. */
+        cid: z.string().check(z.regex(/^b[a-z2-7]{20,120}$/)),
+        size: z.number().check(z.int(), z.minimum(0)),
+        pushedAt: z.number().check(z.int(), z.minimum(0)),
+      }),
+    )
+    .check(z.refine((a) => Object.keys(a).length <= 16, 'at most 16 arches')),
+})
+export type TagValue = z.infer<typeof TagValue>
+
 export const VALUE_SCHEMAS: { readonly [K in KeyKind]: z.ZodMiniType } = {
   node: NodeValue,
   status: StatusValue,
   label: z.record(LabelKey, LabelValue).check(z.refine((labels) => Object.keys(labels).length <= 64)),
   workload: WorkloadValue,
   service: AnyObject,
-  tag: AnyObject,
+  tag: TagValue,
   // network/subnet.ts has the same schema (SubnetClaimValue); state cannot import network.
   subnet: z.strictObject({
     peer: z.string().check(z.regex(/^12D3KooW[1-9A-HJ-NP-Za-km-z]{44}$/)),

@@ -4,7 +4,7 @@
 // never restarting a replica that stays where it runs; `--exclusive` runs on the majority side only; a
 // node that restarts with no peer reachable starts its replicas from its own store.
 import assert from 'node:assert/strict'
-import { readdir, rm, writeFile } from 'node:fs/promises'
+import { mkdir, readdir, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import type { ReplicaView } from '../../src/api/schemas.ts'
@@ -182,6 +182,56 @@ describe('scheduler on 5 nodes', { skip: isRoot ? false : 'needs root' }, () => 
       timeoutMs: 20_000,
     })
     await km1sOk(node('n1'), ['label', 'n2', 'km1s.io/arch-'])
+  })
+
+  it('runs an artifact from /app: pushed on one node, pulled by the nodes its replicas land on', async () => {
+    const dir = join(cluster.lab.dir, 'hello-app')
+    await rm(dir, { recursive: true, force: true })
+    await mkdir(dir)
+    await writeFile(join(dir, 'hello.sh'), '#!/bin/sh\necho "hello $1 from $(hostname)"\nexec sleep 600\n', {
+      mode: 0o755,
+    })
+    await km1sOk(node('n1'), ['push', dir, '--name', 'hello:1'])
+    await km1sOk(node('n3'), [
+      'run',
+      'art',
+      '--artifact',
+      'hello:1',
+      '--replicas',
+      '2',
+      '--wait',
+      '--',
+      '/app/hello.sh',
+      'tag',
+    ])
+    // A local path is pushed first and run by its CID.
+    await km1sOk(node('n4'), [
+      'run',
+      'artpath',
+      '--artifact',
+      dir,
+      '--replicas',
+      '2',
+      '--wait',
+      '--',
+      '/app/hello.sh',
+      'path',
+    ])
+    for (const [w, word] of [
+      ['art', 'tag'],
+      ['artpath', 'path'],
+    ] as const) {
+      const rows = await waitExactly(node('n2'), w, 2)
+      assert.ok(new Set(rows.map((r) => r.node)).size === 2, show(rows))
+      for (const r of rows)
+        await waitFor(`${r.name} to say hello`, async () => {
+          const out = await km1sOk(node('n5'), ['logs', r.name])
+          return out.includes(`hello ${word} from ${r.name}`)
+        })
+    }
+    assert.match(await km1sOk(node('n5'), ['get', 'artpath']), /artpath/)
+    await km1sOk(node('n3'), ['rm', 'art'])
+    await km1sOk(node('n3'), ['rm', 'artpath'])
   })
 
   it('scales up and down, and stop keeps the workload', async () => {

@@ -9,7 +9,8 @@ import { Km1sError } from '../../common/errors.ts'
 import { parseManifests, specHash, type WorkloadValue, workloadsToYaml } from '../../scheduler/workload.ts'
 import { globals } from '../main.ts'
 import { humanDuration, printJson, printTable } from '../output.ts'
-import { type RunOptions, workloadFromFlags } from '../workload-flags.ts'
+import { isLocalArtifact, type RunOptions, workloadFromFlags } from '../workload-flags.ts'
+import { pushPath } from './artifacts.ts'
 
 const collect = (value: string, previous: string[]) => [...previous, value]
 
@@ -105,6 +106,16 @@ export function registerWorkloadCommands(program: Command): void {
     .option('--timeout <seconds>', 'how long --wait waits (default 120)', whole('--timeout'), 120)
     .action(async (name: string, command: string[], opts: RunOptions & { timeout: number }, cmd: Command) => {
       const g = globals(cmd)
+      workloadFromFlags(name, command, { ...opts, artifact: undefined }) // a bad flag fails before a push
+      if (isLocalArtifact(opts.artifact)) {
+        // A local path is pushed first (tag NAME:run) and the workload names its CID, so a changed
+        // file is a changed spec and rolls out.
+        const pushed = await pushPath(g.socket, opts.artifact, `${name}:run`, {
+          arch: opts.arch,
+          bar: !g.json,
+        })
+        opts.artifact = pushed.cid
+      }
       const w = workloadFromFlags(name, command, opts)
       const client = new ApiClient(g.socket)
       const stored = await client.putWorkload(w)

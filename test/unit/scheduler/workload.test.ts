@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import fc from 'fast-check'
-import { artifactRef, workloadFromFlags } from '../../../src/cli/workload-flags.ts'
+import { isLocalArtifact, workloadFromFlags } from '../../../src/cli/workload-flags.ts'
 import { ContainerSpec } from '../../../src/runtime/types.ts'
 import {
   containerSpecOf,
@@ -93,11 +93,8 @@ describe('workload spec', () => {
       errorOf(() => workloadFromFlags('web', ['x'], { ...flags, label: ['nolabel'] })),
       /--label/,
     )
-    assert.match(
-      errorOf(() => artifactRef('./hello')),
-      /push it first/,
-    )
-    assert.equal(artifactRef('hello:1'), 'hello:1')
+    assert.ok(isLocalArtifact('./hello') && isLocalArtifact('/opt/hello') && isLocalArtifact('..'))
+    assert.ok(!isLocalArtifact('hello:1') && !isLocalArtifact(undefined))
   })
 
   it('parses cpu and memory quantities', () => {

@@ -300,7 +300,15 @@ describe('Store: loading', () => {
           await writer.put(`service/s${i}`, { port: i % 65_536, selector: { app: `a${i}` } })
           break
         case 2:
-          await writer.put(`tag/img${i}:v1`, { digest: `sha256:${i.toString(16).padStart(64, '0')}` })
+          await writer.put(`tag/img${i}:v1`, {
+            arches: {
+              amd64: {
+                cid: `b${'a'.repeat(40)}${i.toString(2).replaceAll('0', 'c').replaceAll('1', 'd')}`,
+                size: i,
+                pushedAt: i,
+              },
+            },
+          })
           break
         case 3:
           await writer.put(`status/${A}/c${i}`, statusValue(i % 7))
@@ -681,7 +689,7 @@ describe('Store: replicas converge', () => {
   it('two stores that exchange all records via applyRemote, in any order and with duplicates, end equal', async () => {
     const d = await freshDb()
     let run = 0
-    const shared = ['service/a', 'service/b', 'service/s', 'tag/t:1', `label/${A}`, `label/${B}`]
+    const shared = ['service/a', 'service/b', 'service/s', 'service/t', `label/${A}`, `label/${B}`]
     const arbOp = fc.record({
       who: fc.integer({ min: 0, max: 1 }),
       key: fc.integer({ min: 0, max: shared.length }), // shared.length: the writer's own status record
