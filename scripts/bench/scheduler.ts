@@ -2,9 +2,10 @@
 // create on one node in the same run (the floor: what placement, gossip and status records add is the
 // ratio); a node killed with -9 → its replica running elsewhere; a heal → the surplus stopped; an offline
 // cold boot → its replicas running. Needs root. Usage: scripts/bench/scheduler [--quick]
-// The "artifact not cached" variant needs the artifacts branch: without it every workload runs from the
-// host root (the "cached" case has nothing to fetch either).
-import { readdir, rm } from 'node:fs/promises'
+// With an artifact (a 4 MiB directory pushed on n1, run as /app/run.sh): cached (every node already holds
+// it) and not cached (a fresh artifact per run, pulled by the nodes its replicas land on).
+import { randomBytes } from 'node:crypto'
+import { mkdir, readdir, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { ApiClient } from '../../src/api/client.ts'
 import type { ReplicaView } from '../../src/api/schemas.ts'
@@ -13,6 +14,7 @@ import {
   agentArgs,
   type Cluster,
   client,
+  km1sOk,
   startAgent,
   startCluster,
   waitForAlive,
@@ -94,6 +96,60 @@ async function runToRunning(c: Cluster): Promise<{ run: number[]; bare: number[]
     await one.removeContainer(`bare${i}`)
   }
   return { run, bare }
+}
+
+/** A 4 MiB artifact directory whose script sleeps; `seed` makes its content (and so its CID) unique. */
+async function writeApp(dir: string, seed: string): Promise<void> {
+  await rm(dir, { recursive: true, force: true })
+  await mkdir(dir, { recursive: true })
+  await writeFile(join(dir, 'run.sh'), `#!/bin/sh\n# ${seed}\nexec sleep 600\n`, { mode: 0o755 })
+  await writeFile(join(dir, 'data.bin'), randomBytes(4 << 20))
+}
+
+/** run → running with an artifact: cached on every node already, or new each run (pulled first). */
+async function runWithArtifact(c: Cluster, cached: boolean): Promise<number[]> {
+  const nodes = c.nodes
+  const n1 = nodes[0] as LabNode
+  const dir = join(c.lab.dir, 'bench-app')
+  const out: number[] = []
+  if (cached) {
+    await writeApp(dir, 'warm')
+    await km1sOk(n1, ['push', dir, '--name', 'bapp:warm'])
+    // Every node pulls it once: one replica per node.
+    const api = client(n1)
+    const warm = normalizeWorkload({
+      name: 'warm',
+      replicas: nodes.length,
+      memory: '16Mi',
+      artifact: 'bapp:warm',
+      command: ['/app/run.sh'],
+    })
+    await api.putWorkload(warm)
+    await until(api, performance.now(), (rows) => indices(running(rows, 'warm')) === nodes.length, 120_000)
+    await removeAll(api, ['warm'])
+  }
+  for (let i = 0; i < RUNS; i++) {
+    let ref = 'bapp:warm'
+    if (!cached) {
+      await writeApp(dir, `run ${i}`)
+      ref = `bapp:${i}`
+      await km1sOk(n1, ['push', dir, '--name', ref])
+    }
+    const api = client(nodes[(i + 1) % nodes.length] as LabNode)
+    const name = `${cached ? 'ac' : 'an'}${i}`
+    const w = normalizeWorkload({
+      name,
+      replicas: REPLICAS,
+      memory: '16Mi',
+      artifact: ref,
+      command: ['/app/run.sh'],
+    })
+    const t0 = performance.now()
+    await api.putWorkload(w)
+    out.push(await until(api, t0, (rows) => indices(running(rows, name)) === REPLICAS))
+    await removeAll(api, [name])
+  }
+  return out
 }
 
 async function nodeDeath(c: Cluster): Promise<number[]> {
@@ -189,6 +245,10 @@ async function bench(size: number): Promise<Row[]> {
     await waitForAlive(c.nodes, c.nodes, 60_000)
     const { run, bare } = await runToRunning(c)
     log(`run → running: ${run.map((x) => Math.round(x)).join(' ')} ms`)
+    const cachedRun = await runWithArtifact(c, true)
+    log(`run → running, artifact cached: ${cachedRun.map((x) => Math.round(x)).join(' ')} ms`)
+    const freshRun = await runWithArtifact(c, false)
+    log(`run → running, artifact not cached (4 MiB): ${freshRun.map((x) => Math.round(x)).join(' ')} ms`)
     const death = await nodeDeath(c)
     log(`kill -9 → replacement: ${death.map((x) => Math.round(x)).join(' ')} ms`)
     const heal = await healSurplus(c)
@@ -210,6 +270,29 @@ async function bench(size: number): Promise<Row[]> {
         unit: 'ms',
         baseline: bareP99,
         target: '≤ 1000',
+      },
+      {
+        metric: `${size} nodes: run → running, artifact cached, p50`,
+        value: percentile(cachedRun, 50),
+        unit: 'ms',
+        baseline: bareP50,
+      },
+      {
+        metric: `${size} nodes: run → running, artifact cached, p99`,
+        value: percentile(cachedRun, 99),
+        unit: 'ms',
+        baseline: bareP99,
+        target: '≤ 1000',
+      },
+      {
+        metric: `${size} nodes: run → running, artifact not cached (4 MiB), p50`,
+        value: percentile(freshRun, 50),
+        unit: 'ms',
+      },
+      {
+        metric: `${size} nodes: run → running, artifact not cached (4 MiB), p99`,
+        value: percentile(freshRun, 99),
+        unit: 'ms',
       },
       { metric: `${size} nodes: kill -9 → replacement p50`, value: percentile(death, 50), unit: 'ms' },
       {
@@ -245,5 +328,4 @@ printRows(
   `Scheduler (${RUNS} runs of ${REPLICAS} replicas; baseline: one bare runtime create on one node, same run)`,
   rows,
 )
-log(`\nartifact not cached: waits for the artifacts branch (every workload here runs from the host root).`)
 log(`wrote ${writeJson('scheduler', { quick, runs: RUNS, replicas: REPLICAS, rows })}`)

@@ -34,7 +34,6 @@ import {
 } from './protocol.ts'
 import { ANY_ARCH, ArchName, cidForArch, parseRef, rootsOf, TagValue, withArch, withoutArch } from './refs.ts'
 import { readChunks, refuseSpecial, walkTree } from './tree.ts'
-import { fixXsalsa20Memory } from './xsalsa20-fix.ts'
 
 export interface ArtifactsInit {
   dataDir: string
@@ -128,7 +127,6 @@ export class Artifacts {
   #stats = { blocksServed: 0, bytesServed: 0, badBlocksReceived: 0, garbageRequests: 0 }
 
   constructor(init: ArtifactsInit) {
-    fixXsalsa20Memory()
     this.#init = init
     this.#log = init.logger.child({ subsystem: 'artifacts' })
     this.#dir = join(init.dataDir, 'artifacts')

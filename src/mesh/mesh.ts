@@ -25,6 +25,7 @@ import {
 } from './dial-policy.ts'
 import { clusterId, swarmKey } from './identity.ts'
 import { PeerBook, type PeerBookStore } from './peer-book.ts'
+import { fixXsalsa20Memory } from './xsalsa20-fix.ts'
 
 export interface MeshInit {
   privateKey: PrivateKey
@@ -369,5 +370,6 @@ function errorChain(err: unknown): string[] {
 }
 
 export async function createMesh(init: MeshInit): Promise<Mesh> {
+  fixXsalsa20Memory()
   return Mesh.create(init)
 }

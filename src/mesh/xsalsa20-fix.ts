@@ -5,8 +5,8 @@
 // connections then ping-pong it to its 64 MB maximum within ~1,000 writes and the agent dies with
 // "WebAssembly.Memory.grow(): Maximum memory size exceeded". Measured, not guessed: two instances, one
 // 1 MiB update, then 983 alternating 1 kB updates kill it; with this fix they run on.
-// The fix hands a stale instance the newest view instead of growing. It belongs beside mesh/ (any large
-// transfer trips it); it lives here because artifacts are the first to send 1 MiB at once.
+// The fix hands a stale instance the newest view instead of growing. createMesh applies it before any
+// connection exists: any large write trips the bug, artifacts' 1 MiB blocks were only the first.
 import xsalsa20Module from 'xsalsa20'
 
 interface XorCore {
