@@ -86,7 +86,11 @@ export const StatusView = z.object({
     dialFailures: z.number(),
     handshakeFailures: z.number(),
   }),
-  membership: z.object({ heartbeatsReceived: z.number(), heartbeatsDropped: z.number() }),
+  membership: z.object({
+    heartbeatsReceived: z.number(),
+    heartbeatsDropped: z.number(),
+    deafReconnects: z.number(),
+  }),
   state: z.object({
     records: z.number(),
     tombstones: z.number(),

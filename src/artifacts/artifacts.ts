@@ -663,7 +663,11 @@ export class Artifacts {
         } else {
           const m = await this.#manifestOf(req.cid.toString())
           if (!m) {
-            await lp.write(Uint8Array.of(ANS_NONE), { signal })
+            // A node pulling this root right now holds chunks within moments: it answers HAVE with nothing
+            // yet, so the asker keeps it and asks again, instead of dropping it for seconds (late starters
+            // of a swarm waited ~2 s for a seeder resting its chunks while their neighbours had them).
+            const pulling = this.#activeRoots.has(req.cid.toString())
+            await lp.write(Uint8Array.of(pulling ? ANS_HAVE : ANS_NONE), { signal })
             continue
           }
           const { offered, seed } = this.#advertised(uniqueChunks(m))

@@ -163,8 +163,9 @@ class FetchSession {
       this.#signal.throwIfAborted()
       if (this.#error) throw this.#error
       const now = Date.now()
-      // A provider counts once it answered HAVE: a connected peer that lacks the root is no provider.
-      if ([...this.#providers.values()].some((p) => p.have)) lastProviderAt = now
+      // A provider counts once it answered HAVE with a bitfield: a connected peer that lacks the root is no
+      // provider, and neither is one that is itself still waiting for the root (an empty HAVE).
+      if ([...this.#providers.values()].some((p) => p.have && p.have.length > 0)) lastProviderAt = now
       else if (now - lastProviderAt > findTimeout) throw this.#unavailable()
       if (now - this.#lastProgressAt > (this.#d.stallTimeoutMs ?? 20_000)) {
         this.#log.warn(this.#describe(), 'pull stalled')

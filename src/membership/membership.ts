@@ -22,7 +22,8 @@ export type HeartbeatBus = Pick<
   GossipSub,
   'subscribe' | 'unsubscribe' | 'publish' | 'addEventListener' | 'removeEventListener' | 'topicValidators'
 >
-export type ConnectionEvents = Pick<Libp2p, 'addEventListener' | 'removeEventListener'>
+export type ConnectionEvents = Pick<Libp2p, 'addEventListener' | 'removeEventListener'> &
+  Partial<Pick<Libp2p, 'getConnections' | 'hangUp'>>
 
 export interface MembershipInit {
   self: PeerId
@@ -50,6 +51,8 @@ export interface Member {
 export interface MembershipStats {
   heartbeatsReceived: number
   heartbeatsDropped: number
+  /** Connections hung up because the node at the other end was not heard on them (see #healDeaf). */
+  deafReconnects: number
 }
 
 const NODE_PREFIX = 'node/'
@@ -63,7 +66,8 @@ export class Membership {
   readonly #selfId: string
   readonly #heard = new Map<string, number>()
   readonly #warnOnce = createLogThrottle(60_000)
-  readonly #stats: MembershipStats = { heartbeatsReceived: 0, heartbeatsDropped: 0 }
+  readonly #stats: MembershipStats = { heartbeatsReceived: 0, heartbeatsDropped: 0, deafReconnects: 0 }
+  readonly #hungUp = new Map<string, number>()
   #timer: NodeJS.Timeout | undefined
   #recordTimer: NodeJS.Timeout | undefined
   #soon: NodeJS.Timeout | undefined
@@ -204,6 +208,35 @@ export class Membership {
     this.#init.bus.publish(HEARTBEAT_TOPIC, data).catch((err) => {
       if (this.#warnOnce('publish')) this.#log.debug({ err: errorMessage(err) }, 'heartbeat publish failed')
     })
+    this.#healDeaf()
+  }
+
+  /**
+   * A connection to a member that has carried none of its heartbeats for three dead-times is hung up, and
+   * the mesh's stay-connected loop dials again. Seen in the lab after restarts and heals: a pair stayed
+   * connected for over a minute while each side's gossipsub never learned the other's subscription, so
+   * both called the other dead and the scheduler ran replicas twice. A new connection exchanges
+   * subscriptions afresh. Fresh connections are left alone, and each peer is hung up at most once a period.
+   */
+  #healDeaf(): void {
+    const { getConnections, hangUp } = this.#init.connections
+    if (!getConnections || !hangUp) return
+    const now = this.#now()
+    const limit = 3 * this.#cfg.deadMs
+    for (const conn of getConnections.call(this.#init.connections)) {
+      const id = conn.remotePeer.toString()
+      if (id === this.#selfId || !this.#init.store.get(`${NODE_PREFIX}${id}`)) continue
+      const heard = this.#heard.get(id) ?? 0
+      if (now - conn.timeline.open < limit || now - heard < limit) continue
+      if (now - (this.#hungUp.get(id) ?? 0) < limit) continue
+      this.#hungUp.set(id, now)
+      this.#stats.deafReconnects++
+      this.#log.warn(
+        { peer: id, silentMs: heard ? now - heard : null },
+        'connected to a node but not hearing its heartbeats: reconnecting',
+      )
+      hangUp.call(this.#init.connections, conn.remotePeer).catch(() => {})
+    }
   }
 
   /**
