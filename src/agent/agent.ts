@@ -14,7 +14,8 @@ import { bridgeAddress, NodeNetwork } from '../network/index.ts'
 import { Remote } from '../remote/index.ts'
 import { createRuntime, instanceId, type Runtime, type RuntimeChoice } from '../runtime/index.ts'
 import { Scheduler } from '../scheduler/index.ts'
-import { type NodeValue, Replication, Store, type WireRecord } from '../state/index.ts'
+import { HealthMonitor, SERVICE_CIDR, Services, serviceEndpoints } from '../services/index.ts'
+import { type NodeValue, Replication, Store, type WireRecord, type WorkloadValue } from '../state/index.ts'
 import { createHandlers } from './handlers.ts'
 import {
   consumeTokenFile,
@@ -80,6 +81,8 @@ export class Agent {
   #remote: Remote | undefined
   #network: NodeNetwork | undefined
   #scheduler: Scheduler | undefined
+  #services: Services | undefined
+  #health: HealthMonitor | undefined
   #name = ''
   #stopping: Promise<void> | undefined
 
@@ -161,6 +164,12 @@ export class Agent {
         wgPort: this.config.wgPort,
         waitForSync: () => this.#waitForFirstSync(),
         log: logger,
+        // Services with a virtual IP, to their serving replicas: the table's DNAT chains.
+        serviceCidr: SERVICE_CIDR,
+        services: () =>
+          serviceEndpoints([...store.list('service/'), ...store.list('status/')]).flatMap((s) =>
+            s.ip === null ? [] : [{ name: s.name, ip: s.ip, ports: s.ports, endpoints: s.endpoints }],
+          ),
       })
       await this.#network.prepare()
     }
@@ -219,16 +228,30 @@ export class Agent {
     // Scheduler: placement over this node's view, its own replicas through the runtime. The artifacts
     // subsystem (another branch) plugs in as `artifacts` (contracts.md); until then a workload with an
     // artifact waits with a reason. The start-up grace equals the detector's dead time (docs/scheduler.md).
+    // Health checks of this node's replicas feed the status records through the scheduler's seam.
+    const workloadOf = (name: string) => store.get(`workload/${name}`)?.value as WorkloadValue | undefined
+    this.#health = new HealthMonitor({
+      runtime: this.#runtime,
+      workload: workloadOf,
+      onChange: () => this.#scheduler?.refresh(),
+      restart: (name, why) => this.#scheduler?.restartReplica(name, why),
+      logger,
+    })
+    const health = this.#health
     this.#scheduler = new Scheduler({
       selfId: mesh.peerId.toString(),
       nodeName: () => this.#name,
       store,
       membership: this.#membership,
       runtime: this.#runtime,
+      isHealthy: (name) => health.isHealthy(name),
       logger,
       startupGraceMs: this.config.detector?.deadMs,
     })
     this.#scheduler.start()
+    this.#health.start()
+    this.#services = new Services({ store, logger })
+    this.#services.start()
     const { handlers, streams, upgrades } = createHandlers({
       name: () => this.#name,
       dataDir,
@@ -242,6 +265,7 @@ export class Agent {
       remote: this.#remote,
       network: this.#network,
       scheduler: this.#scheduler,
+      services: this.#services,
     })
     this.#api = new ApiServer({ socket: this.config.socket, handlers, streams, upgrades, logger })
     await this.#api.start()
@@ -262,6 +286,8 @@ export class Agent {
       ['api', () => this.#api?.stop()],
       ['dns', () => this.#dns?.stop()],
       ['remote', () => this.#remote?.stop()],
+      ['services', () => this.#services?.stop()],
+      ['health', () => this.#health?.stop()],
       ['scheduler', () => this.#scheduler?.stop()],
       ['runtime', () => this.#runtime?.stop()],
       ['network', () => this.#network?.stop()],

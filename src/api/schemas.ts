@@ -272,6 +272,25 @@ export const ReplicaList = z.array(ReplicaView)
 /** Replicas this node's scheduler could place on no node of its view, with why. */
 export const UnplacedList = z.array(z.object({ workload: z.string(), index: z.number(), reason: z.string() }))
 
+// --- services (services/) ---
+/** One service as `km1s services` shows it: its virtual IP and how many of its replicas serve. */
+export const ServiceView = z.object({
+  name: z.string(),
+  /** null for a headless service. */
+  ip: z.nullable(z.string()),
+  ports: z.array(z.number()),
+  workload: z.string(),
+  headless: z.boolean(),
+  /** Replicas running and passing their health check: DNS answers and the load balancer use these. */
+  healthy: z.number(),
+  /** Replicas with a status record. */
+  total: z.number(),
+  /** The serving replicas' IPs. */
+  endpoints: z.array(z.string()),
+})
+export type ServiceView = z.infer<typeof ServiceView>
+export const ServiceList = z.array(ServiceView)
+
 /** The route table: method and path → request and response schemas. */
 export const routes = {
   health: { method: 'GET', path: '/v1/health', request: Empty, response: Health },
@@ -305,6 +324,7 @@ export const routes = {
   workloadRemove: { method: 'POST', path: '/v1/workloads/remove', request: WorkloadRef, response: Empty },
   ps: { method: 'GET', path: '/v1/ps', request: Empty, response: ReplicaList },
   unplaced: { method: 'GET', path: '/v1/unplaced', request: Empty, response: UnplacedList },
+  services: { method: 'GET', path: '/v1/services', request: Empty, response: ServiceList },
 } as const
 
 /** Streaming routes: the response is newline-delimited JSON, one item per line, until the client leaves. */

@@ -8,6 +8,7 @@ import { registerAgentCommands } from './commands/agent.ts'
 import { registerClusterCommands } from './commands/cluster.ts'
 import { registerContainerCommands } from './commands/containers.ts'
 import { registerInfoCommands } from './commands/info.ts'
+import { registerServiceCommands } from './commands/services.ts'
 import { registerWorkloadCommands } from './commands/workloads.ts'
 
 export interface GlobalOptions {
@@ -51,6 +52,7 @@ export function buildProgram(): Command {
   registerInfoCommands(program)
   registerContainerCommands(program)
   registerWorkloadCommands(program)
+  registerServiceCommands(program)
   return program
 }
 

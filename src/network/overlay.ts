@@ -19,7 +19,7 @@ import {
   type Subnet,
 } from './container-net.ts'
 import { WgDevice, type WgKind } from './device.ts'
-import { applyNftables, renderNftables } from './nftables.ts'
+import { applyNftables, type NftService, renderNftables } from './nftables.ts'
 import {
   type Claim,
   claimsOf,
@@ -75,7 +75,14 @@ export interface NodeNetworkInit {
   waitForSync?: () => Promise<void>
   log: Logger
   now?: () => number
+  /** The service range: routed from the node to the bridge, and load-balanced by the nftables table. */
+  serviceCidr?: string | undefined
+  /** The services with virtual IPs and their serving endpoints (services/), read at every apply. */
+  services?: () => NftService[]
 }
+
+/** Records whose change may change the table: the subnet, and the services and their replicas. */
+const WATCHED = ['subnet/', 'node/', 'service/', 'status/']
 
 export interface PeerOverlay {
   id: string
@@ -122,7 +129,7 @@ export class NodeNetwork {
   #device: WgDevice | undefined
   #publicKey: string | null = null
   #claim: Claim | undefined
-  #applied = { nft: '', forward: false }
+  #applied = { nft: '', forward: false, route: '' }
   #applies = 0
   #applyErrors = 0
   #lastError: string | null = null
@@ -195,7 +202,7 @@ export class NodeNetwork {
     await this.#applyHost()
     await this.#applyOverlay().catch((err: unknown) => this.#failed(err))
     this.#unwatch = this.#init.store.onChange((c) => {
-      if (c.key.startsWith('subnet/') || c.key.startsWith('node/')) this.#schedule(DEBOUNCE_MS)
+      if (WATCHED.some((p) => c.key.startsWith(p))) this.#schedule(DEBOUNCE_MS)
     })
     this.#timer = setInterval(() => this.#schedule(0), RECONCILE_MS)
     this.#timer.unref()
@@ -310,11 +317,24 @@ export class NodeNetwork {
       await writeFile('/proc/sys/net/ipv4/ip_forward', '1\n')
       this.#applied.forward = true
     }
-    const nft = renderNftables({ subnet, clusterCidr: this.#cluster })
+    const serviceCidr = this.#init.serviceCidr
+    const nft = renderNftables({
+      subnet,
+      clusterCidr: this.#cluster,
+      ...(serviceCidr !== undefined ? { serviceCidr, services: this.#init.services?.() ?? [] } : {}),
+    })
     // The same text is not applied again, except by the periodic repair (someone may have flushed it).
-    if (nft !== this.#applied.nft || this.#applies % 6 === 0) {
+    const repair = this.#applies % 6 === 0
+    if (nft !== this.#applied.nft || repair) {
       await applyNftables(nft)
       this.#applied.nft = nft
+    }
+    // The node's own processes reach service IPs: the route picks a source (the bridge's address, which
+    // every node routes back), and the output hook's DNAT then sends the packet on to an endpoint.
+    const route = serviceCidr === undefined ? '' : `${serviceCidr} dev ${BRIDGE} src ${bridgeAddress(subnet)}`
+    if (route !== '' && (route !== this.#applied.route || repair)) {
+      await runIpBatch([`route replace ${route}`])
+      this.#applied.route = route
     }
     this.#applies++
   }

@@ -116,6 +116,24 @@ export class Scheduler {
     return { ...this.#stats }
   }
 
+  /** A replica's health changed (services/health.ts): its status is written again at once. */
+  refresh(): void {
+    this.#schedule()
+  }
+
+  /** Makes a local replica again (failed health checks): removed now, started afresh by the next pass. */
+  restartReplica(name: string, why: string): void {
+    const { runtime, store, selfId } = this.#init
+    if (!runtime || this.#ops.has(name) || !runtime.get(name)) return
+    this.#log.info({ container: name, why }, 'making a replica again')
+    this.#run(name, async () => {
+      const own = store.get(`${STATUS}${selfId}/${name}`)?.value as StatusValue | undefined
+      if (own) this.#putStatus(name, { ...own, state: 'stopping', healthy: false, reason: why })
+      await runtime.remove(name)
+      this.#stats.replaced++
+    })
+  }
+
   #schedule(): void {
     if (!this.#running || this.#soon) return
     this.#soon = setImmediate(() => {

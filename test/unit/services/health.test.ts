@@ -1,0 +1,133 @@
+import assert from 'node:assert/strict'
+import { once } from 'node:events'
+import { createServer } from 'node:http'
+import { describe, it } from 'node:test'
+import fc from 'fast-check'
+import pino from 'pino'
+import { workloadFromFlags } from '../../../src/cli/workload-flags.ts'
+import { normalizeWorkload, toManifest } from '../../../src/scheduler/workload.ts'
+import { INITIAL_HEALTH, probe, stepHealth } from '../../../src/services/health.ts'
+import type { HealthValue } from '../../../src/state/record.ts'
+
+const spec = { healthyAfter: 2, unhealthyAfter: 2, restartAfter: 4 }
+const log = pino({ level: 'silent' })
+
+describe('health state machine', () => {
+  it('starts unhealthy, serves after healthyAfter successes, leaves after unhealthyAfter failures', () => {
+    let s = INITIAL_HEALTH
+    s = stepHealth(s, true, spec).state
+    assert.equal(s.healthy, false)
+    s = stepHealth(s, true, spec).state
+    assert.equal(s.healthy, true)
+    s = stepHealth(s, false, spec).state
+    assert.equal(s.healthy, true)
+    s = stepHealth(s, true, spec).state
+    s = stepHealth(s, false, spec).state
+    s = stepHealth(s, false, spec).state
+    assert.equal(s.healthy, false)
+  })
+
+  it('asks for a restart after exactly restartAfter failures in a row, then counts again', () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.boolean(), { maxLength: 60 }),
+        fc.integer({ min: 0, max: 5 }),
+        (results, restartAfter) => {
+          const sp = { healthyAfter: 1, unhealthyAfter: 1, restartAfter }
+          let s = INITIAL_HEALTH
+          let run = 0
+          for (const ok of results) {
+            const r = stepHealth(s, ok, sp)
+            run = ok ? 0 : run + 1
+            const expect = restartAfter > 0 && run === restartAfter
+            assert.equal(r.restart, expect)
+            if (expect) run = 0
+            assert.equal(r.state.healthy, ok, 'thresholds of 1: the last result decides')
+            s = r.state
+          }
+        },
+      ),
+    )
+  })
+})
+
+describe('health probes', () => {
+  it('http: 2xx/3xx healthy, 5xx and a closed port not, a slow answer times out', async () => {
+    const server = createServer((req, res) => {
+      if (req.url === '/slow') return setTimeout(() => res.end('late'), 1000)
+      res.statusCode = req.url === '/ok' ? 200 : req.url === '/moved' ? 302 : 500
+      res.end()
+    })
+    server.listen(0, '127.0.0.1')
+    await once(server, 'listening')
+    const port = (server.address() as { port: number }).port
+    const h = (path: string, p = port): HealthValue => ({
+      kind: 'http',
+      port: p,
+      path,
+      intervalMs: 1000,
+      timeoutMs: 200,
+      healthyAfter: 1,
+      unhealthyAfter: 1,
+      restartAfter: 0,
+    })
+    const t = { ip: '127.0.0.1', container: 'x' }
+    try {
+      assert.equal(await probe(h('/ok'), t, undefined, log), true)
+      assert.equal(await probe(h('/moved'), t, undefined, log), true)
+      assert.equal(await probe(h('/bad'), t, undefined, log), false)
+      assert.equal(await probe(h('/slow'), t, undefined, log), false)
+      assert.equal(await probe({ ...h('/'), kind: 'tcp' }, t, undefined, log), true)
+      server.close()
+      server.closeAllConnections()
+      assert.equal(await probe({ ...h('/'), kind: 'tcp' }, t, undefined, log), false)
+      assert.equal(await probe(h('/ok'), t, undefined, log), false)
+    } finally {
+      server.close()
+    }
+  })
+})
+
+describe('health flags and manifest fields', () => {
+  it('run flags become a check with defaults; the manifest round-trips', () => {
+    const w = workloadFromFlags('web', ['/bin/true'], {
+      label: [],
+      env: [],
+      port: ['8080'],
+      service: 'web',
+      healthHttp: '/healthz',
+      healthInterval: '500ms',
+      healthRestartAfter: '5',
+    })
+    assert.deepEqual(w.health, {
+      kind: 'http',
+      port: 8080,
+      path: '/healthz',
+      intervalMs: 500,
+      timeoutMs: 500,
+      healthyAfter: 1,
+      unhealthyAfter: 1,
+      restartAfter: 5,
+    })
+    assert.deepEqual(normalizeWorkload(toManifest(w)), w)
+    const plain = normalizeWorkload({ name: 'a', command: ['/bin/true'] })
+    assert.equal('health' in plain, false, 'no check: no field, so older specs keep their hash')
+  })
+
+  it('errors name the field', () => {
+    const bad =
+      (health: unknown, ports: number[] = [80]) =>
+      () =>
+        normalizeWorkload({ name: 'a', command: ['/bin/true'], ports, health })
+    assert.throws(bad({ http: '/x', interval: 'soon' }), /health\.interval must be a duration/)
+    assert.throws(bad({ tcp: true }, []), /health\.port is needed/)
+    assert.throws(bad({ http: '/x', tcp: 80 }), /health must have exactly one of tcp, http or exec/)
+    assert.throws(bad({ http: 'x' }), /health\.http must be a path/)
+    assert.throws(bad({ http: '/x', retries: 3 }), /health\.retries is not a health field/)
+    assert.throws(bad({ exec: ['/bin/true'], unhealthyAfter: 0 }), /health\.unhealthyAfter must be 1 to 100/)
+    assert.throws(
+      () => normalizeWorkload({ name: 'a', command: ['/bin/true'], headless: true }),
+      /headless needs a service/,
+    )
+  })
+})
