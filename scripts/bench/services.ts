@@ -16,8 +16,8 @@ import { percentile, printRows, type Row, writeJson } from './report.ts'
 const quick = process.argv.includes('--quick')
 const NODES = 3
 const BULK_MB = quick ? 64 : 256
-const BULK_RUNS = quick ? 2 : 3
-const SMALL_GETS = quick ? 200 : 1000
+const BULK_RUNS = quick ? 2 : 5
+const SMALL_GETS = quick ? 200 : 500
 const ROUNDS = quick ? 10 : 30
 const log = (line: string) => process.stdout.write(`${line}\n`)
 
