@@ -432,6 +432,7 @@ export class Scheduler {
           : c.state === 'running' && c.processes.some((p) => p.state !== 'running')
             ? 'degraded'
             : c.state)
+    const healthy = s === 'running' && (this.#init.isHealthy?.(name) ?? true)
     return {
       workload: w.name,
       node: this.#init.nodeName(),
@@ -439,12 +440,16 @@ export class Scheduler {
       ip: c?.ip ?? null,
       restarts,
       reason:
-        (reason !== undefined ? reason : (c?.error ?? down?.lastExit?.message ?? null))?.slice(0, 500) ??
-        null,
+        (reason !== undefined
+          ? reason
+          : (c?.error ??
+            down?.lastExit?.message ??
+            (s === 'running' && !healthy ? 'not passing its health check' : null))
+        )?.slice(0, 500) ?? null,
       startedAt: c ? Date.parse(c.createdAt) || null : null,
       index,
       spec: hash,
-      healthy: s === 'running' && (this.#init.isHealthy?.(name) ?? true),
+      healthy,
     }
   }
 

@@ -20,6 +20,8 @@ export interface ServiceStore {
  */
 const REMOTE_DELAY_MS = 300
 const LOCAL_DELAY_MS = 20
+/** A failed write is tried again at the latest this long after; the plan is cheap. */
+const REPAIR_MS = 10_000
 
 export interface ServicesInit {
   store: ServiceStore
@@ -35,6 +37,7 @@ export class Services {
   #running: Promise<void> | undefined
   #again = false
   #unwatch: (() => void) | undefined
+  #repair: NodeJS.Timeout | undefined
   #writes = 0
 
   constructor(init: ServicesInit) {
@@ -49,12 +52,15 @@ export class Services {
         this.#schedule(c.origin === 'local' ? LOCAL_DELAY_MS : REMOTE_DELAY_MS)
     })
     this.#schedule(REMOTE_DELAY_MS)
+    this.#repair = setInterval(() => this.#schedule(0), REPAIR_MS)
+    this.#repair.unref()
   }
 
   async stop(): Promise<void> {
     this.#unwatch?.()
     this.#unwatch = undefined
     clearTimeout(this.#timer)
+    clearInterval(this.#repair)
     await this.#running?.catch(() => {})
   }
 

@@ -131,3 +131,33 @@ describe('health flags and manifest fields', () => {
     )
   })
 })
+
+describe('exec probe', () => {
+  it('runs the command the runtime prepares: exit 0 healthy, else not, a hang killed at the timeout', async () => {
+    const runtime = {
+      prepareExec: async (req: { args: string[] }) => ({
+        argv: req.args,
+        env: { PATH: process.env.PATH ?? '/usr/bin:/bin' },
+        cwd: '/',
+        pidFile: null,
+        cleanup: async () => {},
+      }),
+    }
+    const h = (command: string[]): HealthValue => ({
+      kind: 'exec',
+      command,
+      intervalMs: 1000,
+      timeoutMs: 300,
+      healthyAfter: 1,
+      unhealthyAfter: 1,
+      restartAfter: 0,
+    })
+    const t = { ip: '127.0.0.1', container: 'x' }
+    assert.equal(await probe(h(['/bin/sh', '-c', 'exit 0']), t, runtime, log), true)
+    assert.equal(await probe(h(['/bin/sh', '-c', 'exit 3']), t, runtime, log), false)
+    const t0 = Date.now()
+    assert.equal(await probe(h(['/bin/sleep', '5']), t, runtime, log), false)
+    assert.ok(Date.now() - t0 < 3000)
+    assert.equal(await probe(h(['/nonexistent']), t, runtime, log), false)
+  })
+})
