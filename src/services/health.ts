@@ -123,11 +123,15 @@ export interface HealthMonitorInit {
 }
 
 interface Tracked {
-  /** A container made again (new createdAt) or a changed check starts over. */
-  key: string
+  /** A container made again (new createdAt) starts over. */
+  createdAt: string
+  /**
+   * The check as it was when the container was first seen: a changed check means a new spec, which a
+   * rolling update brings with new containers; the old ones keep theirs (and their verdicts) till then.
+   */
+  health: HealthValue
   state: HealthState
   timer: NodeJS.Timeout | undefined
-  busy: boolean
 }
 
 export interface HealthStats {
@@ -143,6 +147,9 @@ export class HealthMonitor {
   readonly #log: Logger
   readonly #tracked = new Map<string, Tracked>()
   readonly #stats = { probes: 0, failures: 0, restarts: 0 }
+  /** Per workload: its check (as JSON) and since when this node knows it. */
+  readonly #checkSince = new Map<string, { check: string; at: number }>()
+  #startedAt = 0
   #timer: NodeJS.Timeout | undefined
   #unsubscribe: (() => void) | undefined
   #running = false
@@ -155,6 +162,7 @@ export class HealthMonitor {
   start(): void {
     if (this.#running) return
     this.#running = true
+    this.#startedAt = Date.now()
     this.#unsubscribe = this.#init.runtime?.onChange(() => this.sync())
     this.#timer = setInterval(() => this.sync(), this.#init.syncMs ?? 500)
     this.#timer.unref()
@@ -185,18 +193,34 @@ export class HealthMonitor {
   sync(): void {
     if (!this.#running) return
     const seen = new Set<string>()
+    const now = Date.now()
     for (const c of this.#init.runtime?.list() ?? []) {
       const parsed = parseReplicaName(c.name)
       const w = parsed && this.#init.workload(parsed.workload)
       if (!w?.health || c.state !== 'running') continue
-      const key = `${c.createdAt}/${JSON.stringify(w.health)}`
       seen.add(c.name)
+      const check = JSON.stringify(w.health)
+      let since = this.#checkSince.get(w.name)
+      if (since?.check !== check) {
+        since = { check, at: now }
+        this.#checkSince.set(w.name, since)
+      }
       const t = this.#tracked.get(c.name)
-      if (t && t.key === key) continue
+      if (t && t.createdAt === c.createdAt) continue
       if (t) clearTimeout(t.timer)
-      const fresh: Tracked = { key, state: { ...INITIAL_HEALTH }, timer: undefined, busy: false }
+      // A new replica serves once it passed; one that ran before this agent (or before its workload had
+      // this check) keeps serving until its checks say otherwise, so a restart or a new check does not
+      // take every replica out of its service at once.
+      const created = Date.parse(c.createdAt)
+      const adopted = created < this.#startedAt || created < since.at
+      const fresh: Tracked = {
+        createdAt: c.createdAt,
+        health: w.health,
+        state: { ...INITIAL_HEALTH, healthy: adopted },
+        timer: undefined,
+      }
       this.#tracked.set(c.name, fresh)
-      if (t?.state.healthy) this.#init.onChange(c.name)
+      if ((t?.state.healthy ?? false) !== adopted) this.#init.onChange(c.name)
       // The first probe soon after start: a new replica should not wait a whole interval to serve.
       fresh.timer = setTimeout(() => this.#probe(c.name, fresh), Math.min(200, w.health.intervalMs))
     }
@@ -210,9 +234,8 @@ export class HealthMonitor {
   async #probe(name: string, t: Tracked): Promise<void> {
     if (!this.#running || this.#tracked.get(name) !== t) return
     const c: ContainerStatus | undefined = this.#init.runtime?.get(name)
-    const parsed = parseReplicaName(name)
-    const h = parsed && this.#init.workload(parsed.workload)?.health
-    if (!c || !h) return
+    const h = t.health
+    if (!c) return
     const started = Date.now()
     const ok = await probe(h, { ip: c.ip ?? '127.0.0.1', container: name }, this.#init.runtime, this.#log)
     if (this.#tracked.get(name) !== t) return

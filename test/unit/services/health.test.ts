@@ -6,7 +6,7 @@ import fc from 'fast-check'
 import pino from 'pino'
 import { workloadFromFlags } from '../../../src/cli/workload-flags.ts'
 import { normalizeWorkload, toManifest } from '../../../src/scheduler/workload.ts'
-import { INITIAL_HEALTH, probe, stepHealth } from '../../../src/services/health.ts'
+import { HealthMonitor, INITIAL_HEALTH, probe, stepHealth } from '../../../src/services/health.ts'
 import type { HealthValue } from '../../../src/state/record.ts'
 
 const spec = { healthyAfter: 2, unhealthyAfter: 2, restartAfter: 4 }
@@ -159,5 +159,59 @@ describe('exec probe', () => {
     assert.equal(await probe(h(['/bin/sleep', '5']), t, runtime, log), false)
     assert.ok(Date.now() - t0 < 3000)
     assert.equal(await probe(h(['/nonexistent']), t, runtime, log), false)
+  })
+})
+
+describe('HealthMonitor', () => {
+  it('a new replica starts unhealthy; one running before the agent or before its check keeps serving', () => {
+    const created = (ms: number) => new Date(ms).toISOString()
+    const containers = [
+      {
+        name: 'web-0',
+        state: 'running',
+        createdAt: created(Date.now() - 60_000),
+        ip: '127.0.0.1',
+        processes: [],
+      },
+    ]
+    let w = normalizeWorkload({
+      name: 'web',
+      command: ['/bin/true'],
+      ports: [1],
+      health: { tcp: true, interval: '1m' },
+    })
+    const changes: string[] = []
+    const monitor = new HealthMonitor({
+      runtime: { list: () => containers, get: () => undefined, onChange: () => () => {} } as never,
+      workload: () => w,
+      onChange: (name) => changes.push(name),
+      restart: () => {},
+      logger: log,
+    })
+    monitor.start()
+    try {
+      assert.equal(monitor.isHealthy('web-0'), true, 'adopted at start')
+      containers.push({
+        name: 'web-1',
+        state: 'running',
+        createdAt: created(Date.now() + 1),
+        ip: '127.0.0.1',
+        processes: [],
+      })
+      monitor.sync()
+      assert.equal(monitor.isHealthy('web-1'), false, 'new: not before its first passed check')
+      // A changed check (a new spec) does not reset the replicas that run the old one.
+      w = normalizeWorkload({ ...toManifest(w), health: { tcp: true, interval: '2m' } })
+      monitor.sync()
+      assert.equal(monitor.isHealthy('web-0'), true)
+      assert.equal(monitor.isHealthy('web-1'), false)
+      assert.equal(
+        monitor.isHealthy('other-0'),
+        false,
+        'a replica of a workload with a check, not running here',
+      )
+    } finally {
+      monitor.stop()
+    }
   })
 })
