@@ -186,7 +186,12 @@ export class HealthMonitor {
     const parsed = parseReplicaName(container)
     const w = parsed && this.#init.workload(parsed.workload)
     if (!w?.health) return true
-    return this.#tracked.get(container)?.state.healthy ?? false
+    // The verdict must be this container's: a replica made again under the same name has a new
+    // createdAt, and the old one's verdict must not vouch for it before the next sync.
+    const createdAt = this.#init.runtime?.get(container)?.createdAt
+    if (this.#tracked.get(container)?.createdAt !== createdAt) this.sync()
+    const t = this.#tracked.get(container)
+    return t !== undefined && t.createdAt === createdAt && t.state.healthy
   }
 
   /** Starts probing new running replicas, stops probing gone ones. */

@@ -182,7 +182,11 @@ describe('HealthMonitor', () => {
     })
     const changes: string[] = []
     const monitor = new HealthMonitor({
-      runtime: { list: () => containers, get: () => undefined, onChange: () => () => {} } as never,
+      runtime: {
+        list: () => containers,
+        get: (n: string) => containers.find((c) => c.name === n),
+        onChange: () => () => {},
+      } as never,
       workload: () => w,
       onChange: (name) => changes.push(name),
       restart: () => {},
@@ -210,6 +214,44 @@ describe('HealthMonitor', () => {
         false,
         'a replica of a workload with a check, not running here',
       )
+    } finally {
+      monitor.stop()
+    }
+  })
+})
+
+describe('HealthMonitor and a replica made again', () => {
+  it("does not let the old container's verdict vouch for the new one of the same name", () => {
+    const old = {
+      name: 'web-0',
+      state: 'running',
+      createdAt: new Date(Date.now() - 60_000).toISOString(),
+      ip: '127.0.0.1',
+      processes: [],
+    }
+    const containers = [old]
+    const w = normalizeWorkload({
+      name: 'web',
+      command: ['/bin/true'],
+      ports: [1],
+      health: { tcp: true, interval: '1m' },
+    })
+    const monitor = new HealthMonitor({
+      runtime: {
+        list: () => containers,
+        get: (n: string) => containers.find((c) => c.name === n),
+        onChange: () => () => {},
+      } as never,
+      workload: () => w,
+      onChange: () => {},
+      restart: () => {},
+      logger: log,
+    })
+    monitor.start()
+    try {
+      assert.equal(monitor.isHealthy('web-0'), true)
+      containers[0] = { ...old, createdAt: new Date(Date.now() + 5).toISOString() }
+      assert.equal(monitor.isHealthy('web-0'), false, 'checked again before it serves')
     } finally {
       monitor.stop()
     }
