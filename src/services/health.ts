@@ -147,8 +147,6 @@ export class HealthMonitor {
   readonly #log: Logger
   readonly #tracked = new Map<string, Tracked>()
   readonly #stats = { probes: 0, failures: 0, restarts: 0 }
-  /** Per workload: its check (as JSON) and since when this node knows it. */
-  readonly #checkSince = new Map<string, { check: string; at: number }>()
   #startedAt = 0
   #timer: NodeJS.Timeout | undefined
   #unsubscribe: (() => void) | undefined
@@ -198,26 +196,18 @@ export class HealthMonitor {
   sync(): void {
     if (!this.#running) return
     const seen = new Set<string>()
-    const now = Date.now()
     for (const c of this.#init.runtime?.list() ?? []) {
       const parsed = parseReplicaName(c.name)
       const w = parsed && this.#init.workload(parsed.workload)
       if (!w?.health || c.state !== 'running') continue
       seen.add(c.name)
-      const check = JSON.stringify(w.health)
-      let since = this.#checkSince.get(w.name)
-      if (since?.check !== check) {
-        since = { check, at: now }
-        this.#checkSince.set(w.name, since)
-      }
       const t = this.#tracked.get(c.name)
       if (t && t.createdAt === c.createdAt) continue
       if (t) clearTimeout(t.timer)
-      // A new replica serves once it passed; one that ran before this agent (or before its workload had
-      // this check) keeps serving until its checks say otherwise, so a restart or a new check does not
-      // take every replica out of its service at once.
-      const created = Date.parse(c.createdAt)
-      const adopted = created < this.#startedAt || created < since.at
+      // A new replica serves once it passed; one that ran before this agent started keeps serving until
+      // its checks say otherwise, so an agent restart does not take every replica out at once. (Not "older
+      // than its check": this node hears of a new check later than the scheduler may make a replica.)
+      const adopted = Date.parse(c.createdAt) < this.#startedAt
       const fresh: Tracked = {
         createdAt: c.createdAt,
         health: w.health,

@@ -163,7 +163,7 @@ describe('exec probe', () => {
 })
 
 describe('HealthMonitor', () => {
-  it('a new replica starts unhealthy; one running before the agent or before its check keeps serving', () => {
+  it('a new replica starts unhealthy; one running before the agent keeps serving', () => {
     const created = (ms: number) => new Date(ms).toISOString()
     const containers = [
       {
