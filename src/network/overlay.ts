@@ -81,8 +81,10 @@ export interface NodeNetworkInit {
   services?: () => NftService[]
 }
 
-/** Records whose change may change the table: the subnet, and the services and their replicas. */
-const WATCHED = ['subnet/', 'node/', 'service/', 'status/']
+/** Records whose change may change the subnet or the overlay: the whole apply runs. */
+const WATCHED = ['subnet/', 'node/']
+/** Records that change only the table (services and their replicas): just the table is rendered again. */
+const TABLE_ONLY = ['service/', 'status/']
 
 export interface PeerOverlay {
   id: string
@@ -139,6 +141,8 @@ export class NodeNetwork {
   #debounce: NodeJS.Timeout | undefined
   #running: Promise<void> | undefined
   #again = false
+  /** Whether the next run is the whole apply, or only the table (service and status changes). */
+  #full = true
   #unwatch: (() => void) | undefined
   #started = false
   #stopped = false
@@ -203,6 +207,7 @@ export class NodeNetwork {
     await this.#applyOverlay().catch((err: unknown) => this.#failed(err))
     this.#unwatch = this.#init.store.onChange((c) => {
       if (WATCHED.some((p) => c.key.startsWith(p))) this.#schedule(DEBOUNCE_MS)
+      else if (TABLE_ONLY.some((p) => c.key.startsWith(p))) this.#schedule(DEBOUNCE_MS, false)
     })
     this.#timer = setInterval(() => this.#schedule(0), RECONCILE_MS)
     this.#timer.unref()
@@ -218,8 +223,9 @@ export class NodeNetwork {
     await this.#device?.stop()
   }
 
-  #schedule(delay: number): void {
+  #schedule(delay: number, full = true): void {
     if (this.#stopped || !this.#started) return
+    if (full) this.#full = true
     if (this.#running) {
       this.#again = true
       return
@@ -227,11 +233,13 @@ export class NodeNetwork {
     clearTimeout(this.#debounce)
     this.#debounce = setTimeout(() => {
       this.#debounce = undefined
-      this.#running = this.#applyAll().finally(() => {
+      const full = this.#full
+      this.#full = false
+      this.#running = (full ? this.#applyAll() : this.#applyTable()).finally(() => {
         this.#running = undefined
         if (this.#again) {
           this.#again = false
-          this.#schedule(DEBOUNCE_MS)
+          this.#schedule(DEBOUNCE_MS, false) // #full says whether a whole apply is still owed
         }
       })
     }, delay)
@@ -318,11 +326,7 @@ export class NodeNetwork {
       this.#applied.forward = true
     }
     const serviceCidr = this.#init.serviceCidr
-    const nft = renderNftables({
-      subnet,
-      clusterCidr: this.#cluster,
-      ...(serviceCidr !== undefined ? { serviceCidr, services: this.#init.services?.() ?? [] } : {}),
-    })
+    const nft = this.#renderTable(subnet)
     // The same text is not applied again, except by the periodic repair (someone may have flushed it).
     const repair = this.#applies % 6 === 0
     if (nft !== this.#applied.nft || repair) {
@@ -337,6 +341,32 @@ export class NodeNetwork {
       this.#applied.route = route
     }
     this.#applies++
+  }
+
+  #renderTable(subnet: string): string {
+    const serviceCidr = this.#init.serviceCidr
+    return renderNftables({
+      subnet,
+      clusterCidr: this.#cluster,
+      ...(serviceCidr !== undefined ? { serviceCidr, services: this.#init.services?.() ?? [] } : {}),
+    })
+  }
+
+  /**
+   * The table alone, after a service or status record changed: no process is spawned when the text is
+   * unchanged (most status changes: restarts, reasons), and nothing else of the host is read.
+   */
+  async #applyTable(): Promise<void> {
+    const subnet = this.#claim?.cidr
+    if (subnet === undefined) return
+    try {
+      const nft = this.#renderTable(subnet)
+      if (nft === this.#applied.nft) return
+      await applyNftables(nft)
+      this.#applied.nft = nft
+    } catch (err) {
+      this.#failed(err)
+    }
   }
 
   // --- the overlay -------------------------------------------------------------------------------------
