@@ -503,13 +503,21 @@ async function storeLoad(): Promise<{
     const t0 = performance.now()
     for (let i = 0; i < LOAD_RECORDS; i++) {
       // A workload-sized value (~250 bytes), signed, as a workload record will be.
-      await store.put(`service/bench-${i}`, {
-        image: `registry.lan/team/app-${i}:1.4.${i % 97}`,
+      await store.put(`workload/bench-${i}`, {
+        name: `bench-${i}`,
+        artifact: `app-${i}:1.4.${i % 97}`,
+        command: ['/app/server', '--listen', ':8080'],
         replicas: 1 + (i % 3),
+        cpu: 250,
+        memory: 128 * 1024 * 1024,
+        arch: null,
+        labels: { zone: 'garage', disk: 'ssd' },
         ports: [8080, 9090],
+        service: null,
+        restart: 'always',
         env: { MODE: 'production', LOG_LEVEL: 'info', REGION: 'garage' },
-        resources: { cpu: '250m', memory: '128Mi' },
-        nodeSelector: { zone: 'garage', disk: 'ssd' },
+        exclusive: false,
+        stopped: false,
       })
     }
     await store.stop()

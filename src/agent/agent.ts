@@ -15,7 +15,8 @@ import { bridgeAddress, NodeNetwork } from '../network/index.ts'
 import { Remote } from '../remote/index.ts'
 import { createRuntime, instanceId, type Runtime, type RuntimeChoice } from '../runtime/index.ts'
 import { Scheduler } from '../scheduler/index.ts'
-import { type NodeValue, Replication, Store, type WireRecord } from '../state/index.ts'
+import { HealthMonitor, SERVICE_CIDR, Services, serviceEndpoints } from '../services/index.ts'
+import { type NodeValue, Replication, Store, type WireRecord, type WorkloadValue } from '../state/index.ts'
 import { createHandlers } from './handlers.ts'
 import {
   consumeTokenFile,
@@ -82,6 +83,8 @@ export class Agent {
   #network: NodeNetwork | undefined
   #scheduler: Scheduler | undefined
   #artifacts: Artifacts | undefined
+  #services: Services | undefined
+  #health: HealthMonitor | undefined
   #name = ''
   #stopping: Promise<void> | undefined
 
@@ -163,6 +166,12 @@ export class Agent {
         wgPort: this.config.wgPort,
         waitForSync: () => this.#waitForFirstSync(),
         log: logger,
+        // Services with a virtual IP, to their serving replicas: the table's DNAT chains.
+        serviceCidr: SERVICE_CIDR,
+        services: () =>
+          serviceEndpoints([...store.list('service/'), ...store.list('status/')]).flatMap((s) =>
+            s.ip === null ? [] : [{ name: s.name, ip: s.ip, ports: s.ports, endpoints: s.endpoints }],
+          ),
       })
       await this.#network.prepare()
     }
@@ -231,6 +240,16 @@ export class Agent {
     await this.#remote.start()
     // Scheduler: placement over this node's view, its own replicas through the runtime, their artifacts
     // pulled through artifacts/ first. The start-up grace equals the detector's dead time (docs/scheduler.md).
+    // Health checks of this node's replicas feed the status records through the scheduler's seam.
+    const workloadOf = (name: string) => store.get(`workload/${name}`)?.value as WorkloadValue | undefined
+    this.#health = new HealthMonitor({
+      runtime: this.#runtime,
+      workload: workloadOf,
+      onChange: () => this.#scheduler?.refresh(),
+      restart: (name, why) => this.#scheduler?.restartReplica(name, why),
+      logger,
+    })
+    const health = this.#health
     this.#scheduler = new Scheduler({
       selfId: mesh.peerId.toString(),
       nodeName: () => this.#name,
@@ -238,10 +257,14 @@ export class Agent {
       membership: this.#membership,
       runtime: this.#runtime,
       artifacts: this.#artifacts,
+      isHealthy: (name) => health.isHealthy(name),
       logger,
       startupGraceMs: this.config.detector?.deadMs,
     })
     this.#scheduler.start()
+    this.#health.start()
+    this.#services = new Services({ store, logger })
+    this.#services.start()
     const { handlers, streams, upgrades } = createHandlers({
       name: () => this.#name,
       dataDir,
@@ -256,6 +279,7 @@ export class Agent {
       network: this.#network,
       scheduler: this.#scheduler,
       artifacts: this.#artifacts,
+      services: this.#services,
     })
     this.#api = new ApiServer({ socket: this.config.socket, handlers, streams, upgrades, logger })
     await this.#api.start()
@@ -276,6 +300,8 @@ export class Agent {
       ['api', () => this.#api?.stop()],
       ['dns', () => this.#dns?.stop()],
       ['remote', () => this.#remote?.stop()],
+      ['services', () => this.#services?.stop()],
+      ['health', () => this.#health?.stop()],
       ['scheduler', () => this.#scheduler?.stop()],
       ['artifacts', () => this.#artifacts?.stop()],
       ['runtime', () => this.#runtime?.stop()],

@@ -14,6 +14,7 @@ import type { Remote } from '../remote/index.ts'
 import { startExec } from '../runtime/exec.ts'
 import type { ContainerStatus, Runtime } from '../runtime/types.ts'
 import { createWorkloadHandlers, type Unplaced } from '../scheduler/index.ts'
+import type { Services } from '../services/index.ts'
 import { encodeHlc, type Replication, type Store } from '../state/index.ts'
 
 export interface HandlerDeps {
@@ -36,6 +37,8 @@ export interface HandlerDeps {
   scheduler?: { unplaced(): Unplaced[] }
   /** Undefined only in tests of other routes. */
   artifacts?: Artifacts
+  /** Service records: written with the workload that names them, listed by `km1s services`. */
+  services?: Services
 }
 
 function labelsOf(store: Store, id: string): Record<string, string> {
@@ -193,7 +196,14 @@ export function createHandlers(d: HandlerDeps): {
       return {}
     },
     // Workloads (scheduler/): run, apply, get, scale, stop, rm, ps.
-    ...createWorkloadHandlers({ store, membership, scheduler: d.scheduler }),
+    ...createWorkloadHandlers({
+      store,
+      membership,
+      scheduler: d.scheduler,
+      // The service follows its workload before the API answers: `km1s services` shows it at once.
+      afterWrite: () => d.services?.reconcile(true),
+    }),
+    services: () => (d.services?.list() ?? []).map((s) => ({ ...s, healthy: s.endpoints.length })),
     artifacts: () => artifacts().list(),
     artifactsStatus: () => artifacts().stats(),
     artifactRemove: (req) => artifacts().remove(req.ref, req.arch),

@@ -134,6 +134,11 @@ export class ApiClient {
     return this.call('unplaced', {})
   }
 
+  /** Every service: virtual IP, ports, healthy and total replicas. */
+  services() {
+    return this.call('services', {})
+  }
+
   /** Every replica of every workload, cluster-wide, from the status records. */
   ps() {
     return this.call('ps', {})

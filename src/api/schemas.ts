@@ -347,6 +347,25 @@ export const ArtifactsStatsView = z.object({
   bannedPeers: z.number(),
 })
 
+// --- services (services/) ---
+/** One service as `km1s services` shows it: its virtual IP and how many of its replicas serve. */
+export const ServiceView = z.object({
+  name: z.string(),
+  /** null for a headless service. */
+  ip: z.nullable(z.string()),
+  ports: z.array(z.number()),
+  workload: z.string(),
+  headless: z.boolean(),
+  /** Replicas running and passing their health check: DNS answers and the load balancer use these. */
+  healthy: z.number(),
+  /** Replicas with a status record. */
+  total: z.number(),
+  /** The serving replicas' IPs. */
+  endpoints: z.array(z.string()),
+})
+export type ServiceView = z.infer<typeof ServiceView>
+export const ServiceList = z.array(ServiceView)
+
 /** The route table: method and path → request and response schemas. */
 export const routes = {
   health: { method: 'GET', path: '/v1/health', request: Empty, response: Health },
@@ -394,6 +413,7 @@ export const routes = {
     response: ArtifactRemoved,
   },
   artifactGc: { method: 'POST', path: '/v1/artifacts/gc', request: Empty, response: GcView },
+  services: { method: 'GET', path: '/v1/services', request: Empty, response: ServiceList },
 } as const
 
 /** Streaming routes: the response is newline-delimited JSON, one item per line, until the client leaves. */

@@ -9,6 +9,7 @@ import { registerArtifactCommands } from './commands/artifacts.ts'
 import { registerClusterCommands } from './commands/cluster.ts'
 import { registerContainerCommands } from './commands/containers.ts'
 import { registerInfoCommands } from './commands/info.ts'
+import { registerServiceCommands } from './commands/services.ts'
 import { registerWorkloadCommands } from './commands/workloads.ts'
 
 export interface GlobalOptions {
@@ -53,6 +54,7 @@ export function buildProgram(): Command {
   registerContainerCommands(program)
   registerWorkloadCommands(program)
   registerArtifactCommands(program)
+  registerServiceCommands(program)
   return program
 }
 

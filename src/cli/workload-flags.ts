@@ -28,6 +28,16 @@ export interface RunOptions {
   label: string[]
   port: string[]
   service?: string
+  headless?: boolean
+  healthHttp?: string
+  healthTcp?: string | boolean
+  healthExec?: string
+  healthPort?: string
+  healthInterval?: string
+  healthTimeout?: string
+  healthHealthyAfter?: string
+  healthUnhealthyAfter?: string
+  healthRestartAfter?: string
   restart?: string
   env: string[]
   exclusive?: boolean
@@ -45,6 +55,47 @@ export function workloadFromFlags(name: string, command: string[], o: RunOptions
       )
     return n
   })
+  const count = (v: string | undefined, flag: string) => {
+    if (v === undefined) return undefined
+    if (!/^\d+$/.test(v))
+      throw new Km1sError('ERR_INVALID', `Invalid workload: ${flag} must be a whole number, not '${v}'.`)
+    return Number(v)
+  }
+  const checks = [o.healthHttp, o.healthTcp, o.healthExec].filter((x) => x !== undefined).length
+  if (checks > 1)
+    throw new Km1sError(
+      'ERR_INVALID',
+      'Invalid workload: give one of --health-http, --health-tcp or --health-exec.',
+    )
+  const tuning = {
+    ...(o.healthPort !== undefined ? { port: count(o.healthPort, '--health-port') } : {}),
+    ...(o.healthInterval !== undefined ? { interval: o.healthInterval } : {}),
+    ...(o.healthTimeout !== undefined ? { timeout: o.healthTimeout } : {}),
+    ...(o.healthHealthyAfter !== undefined
+      ? { healthyAfter: count(o.healthHealthyAfter, '--health-healthy-after') }
+      : {}),
+    ...(o.healthUnhealthyAfter !== undefined
+      ? { unhealthyAfter: count(o.healthUnhealthyAfter, '--health-unhealthy-after') }
+      : {}),
+    ...(o.healthRestartAfter !== undefined
+      ? { restartAfter: count(o.healthRestartAfter, '--health-restart-after') }
+      : {}),
+  }
+  const health =
+    o.healthHttp !== undefined
+      ? { http: o.healthHttp, ...tuning }
+      : o.healthTcp !== undefined
+        ? { tcp: typeof o.healthTcp === 'string' ? count(o.healthTcp, '--health-tcp') : true, ...tuning }
+        : o.healthExec !== undefined
+          ? { exec: ['/bin/sh', '-c', o.healthExec], ...tuning }
+          : Object.keys(tuning).length > 0
+            ? (() => {
+                throw new Km1sError(
+                  'ERR_INVALID',
+                  'Invalid workload: --health-* settings need a check: --health-http PATH, --health-tcp [PORT] or --health-exec CMD.',
+                )
+              })()
+            : undefined
   return normalizeWorkload({
     name,
     command,
@@ -56,6 +107,8 @@ export function workloadFromFlags(name: string, command: string[], o: RunOptions
     labels: parsePairs(o.label, '--label'),
     ports,
     service: o.service,
+    ...(o.headless ? { headless: true } : {}),
+    ...(health ? { health } : {}),
     restart: o.restart,
     env: parsePairs(o.env, '--env'),
     exclusive: o.exclusive ?? false,

@@ -19,7 +19,7 @@ import {
   type Subnet,
 } from './container-net.ts'
 import { WgDevice, type WgKind } from './device.ts'
-import { applyNftables, renderNftables } from './nftables.ts'
+import { applyNftables, type NftService, renderNftables } from './nftables.ts'
 import {
   type Claim,
   claimsOf,
@@ -75,7 +75,16 @@ export interface NodeNetworkInit {
   waitForSync?: () => Promise<void>
   log: Logger
   now?: () => number
+  /** The service range: routed from the node to the bridge, and load-balanced by the nftables table. */
+  serviceCidr?: string | undefined
+  /** The services with virtual IPs and their serving endpoints (services/), read at every apply. */
+  services?: () => NftService[]
 }
+
+/** Records whose change may change the subnet or the overlay: the whole apply runs. */
+const WATCHED = ['subnet/', 'node/']
+/** Records that change only the table (services and their replicas): just the table is rendered again. */
+const TABLE_ONLY = ['service/', 'status/']
 
 export interface PeerOverlay {
   id: string
@@ -122,7 +131,7 @@ export class NodeNetwork {
   #device: WgDevice | undefined
   #publicKey: string | null = null
   #claim: Claim | undefined
-  #applied = { nft: '', forward: false }
+  #applied = { nft: '', forward: false, route: '' }
   #applies = 0
   #applyErrors = 0
   #lastError: string | null = null
@@ -132,6 +141,8 @@ export class NodeNetwork {
   #debounce: NodeJS.Timeout | undefined
   #running: Promise<void> | undefined
   #again = false
+  /** Whether the next run is the whole apply, or only the table (service and status changes). */
+  #full = true
   #unwatch: (() => void) | undefined
   #started = false
   #stopped = false
@@ -195,7 +206,8 @@ export class NodeNetwork {
     await this.#applyHost()
     await this.#applyOverlay().catch((err: unknown) => this.#failed(err))
     this.#unwatch = this.#init.store.onChange((c) => {
-      if (c.key.startsWith('subnet/') || c.key.startsWith('node/')) this.#schedule(DEBOUNCE_MS)
+      if (WATCHED.some((p) => c.key.startsWith(p))) this.#schedule(DEBOUNCE_MS)
+      else if (TABLE_ONLY.some((p) => c.key.startsWith(p))) this.#schedule(DEBOUNCE_MS, false)
     })
     this.#timer = setInterval(() => this.#schedule(0), RECONCILE_MS)
     this.#timer.unref()
@@ -211,8 +223,9 @@ export class NodeNetwork {
     await this.#device?.stop()
   }
 
-  #schedule(delay: number): void {
+  #schedule(delay: number, full = true): void {
     if (this.#stopped || !this.#started) return
+    if (full) this.#full = true
     if (this.#running) {
       this.#again = true
       return
@@ -220,11 +233,13 @@ export class NodeNetwork {
     clearTimeout(this.#debounce)
     this.#debounce = setTimeout(() => {
       this.#debounce = undefined
-      this.#running = this.#applyAll().finally(() => {
+      const full = this.#full
+      this.#full = false
+      this.#running = (full ? this.#applyAll() : this.#applyTable()).finally(() => {
         this.#running = undefined
         if (this.#again) {
           this.#again = false
-          this.#schedule(DEBOUNCE_MS)
+          this.#schedule(DEBOUNCE_MS, false) // #full says whether a whole apply is still owed
         }
       })
     }, delay)
@@ -310,13 +325,48 @@ export class NodeNetwork {
       await writeFile('/proc/sys/net/ipv4/ip_forward', '1\n')
       this.#applied.forward = true
     }
-    const nft = renderNftables({ subnet, clusterCidr: this.#cluster })
+    const serviceCidr = this.#init.serviceCidr
+    const nft = this.#renderTable(subnet)
     // The same text is not applied again, except by the periodic repair (someone may have flushed it).
-    if (nft !== this.#applied.nft || this.#applies % 6 === 0) {
+    const repair = this.#applies % 6 === 0
+    if (nft !== this.#applied.nft || repair) {
       await applyNftables(nft)
       this.#applied.nft = nft
     }
+    // The node's own processes reach service IPs: the route picks a source (the bridge's address, which
+    // every node routes back), and the output hook's DNAT then sends the packet on to an endpoint.
+    const route = serviceCidr === undefined ? '' : `${serviceCidr} dev ${BRIDGE} src ${bridgeAddress(subnet)}`
+    if (route !== '' && (route !== this.#applied.route || repair)) {
+      await runIpBatch([`route replace ${route}`])
+      this.#applied.route = route
+    }
     this.#applies++
+  }
+
+  #renderTable(subnet: string): string {
+    const serviceCidr = this.#init.serviceCidr
+    return renderNftables({
+      subnet,
+      clusterCidr: this.#cluster,
+      ...(serviceCidr !== undefined ? { serviceCidr, services: this.#init.services?.() ?? [] } : {}),
+    })
+  }
+
+  /**
+   * The table alone, after a service or status record changed: no process is spawned when the text is
+   * unchanged (most status changes: restarts, reasons), and nothing else of the host is read.
+   */
+  async #applyTable(): Promise<void> {
+    const subnet = this.#claim?.cidr
+    if (subnet === undefined) return
+    try {
+      const nft = this.#renderTable(subnet)
+      if (nft === this.#applied.nft) return
+      await applyNftables(nft)
+      this.#applied.nft = nft
+    } catch (err) {
+      this.#failed(err)
+    }
   }
 
   // --- the overlay -------------------------------------------------------------------------------------

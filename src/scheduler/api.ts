@@ -11,12 +11,14 @@ export interface WorkloadApiDeps {
   membership: { members(): Member[] }
   /** The local scheduler: what it could not place, and why. */
   scheduler?: { unplaced(): Unplaced[] }
+  /** After a workload write or removal: its service record follows (services/). */
+  afterWrite?: () => Promise<void> | undefined
 }
 
 const notFound = (name: string) =>
   new Km1sError('ERR_NOT_FOUND', `There is no workload named ${name}; 'km1s get' lists them.`)
 
-export function createWorkloadHandlers({ store, membership, scheduler }: WorkloadApiDeps) {
+export function createWorkloadHandlers({ store, membership, scheduler, afterWrite }: WorkloadApiDeps) {
   const get = (name: string): WorkloadValue => {
     const r = store.get(`workload/${name}`)
     if (!r) throw notFound(name)
@@ -24,6 +26,7 @@ export function createWorkloadHandlers({ store, membership, scheduler }: Workloa
   }
   const put = async (w: WorkloadValue): Promise<WorkloadValue> => {
     await store.put(`workload/${w.name}`, w, { durable: true })
+    await afterWrite?.()
     return w
   }
   return {
@@ -35,6 +38,7 @@ export function createWorkloadHandlers({ store, membership, scheduler }: Workloa
     workloadRemove: async (req: { name: string }) => {
       get(req.name)
       await store.delete(`workload/${req.name}`, { durable: true })
+      await afterWrite?.()
       return {}
     },
     ps: (): ReplicaView[] => replicaViews(store, membership.members(), Date.now()),

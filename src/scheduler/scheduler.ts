@@ -116,6 +116,24 @@ export class Scheduler {
     return { ...this.#stats }
   }
 
+  /** A replica's health changed (services/health.ts): its status is written again at once. */
+  refresh(): void {
+    this.#schedule()
+  }
+
+  /** Makes a local replica again (failed health checks): removed now, started afresh by the next pass. */
+  restartReplica(name: string, why: string): void {
+    const { runtime, store, selfId } = this.#init
+    if (!runtime || this.#ops.has(name) || !runtime.get(name)) return
+    this.#log.info({ container: name, why }, 'making a replica again')
+    this.#run(name, async () => {
+      const own = store.get(`${STATUS}${selfId}/${name}`)?.value as StatusValue | undefined
+      if (own) this.#putStatus(name, { ...own, state: 'stopping', healthy: false, reason: why })
+      await runtime.remove(name)
+      this.#stats.replaced++
+    })
+  }
+
   #schedule(): void {
     if (!this.#running || this.#soon) return
     this.#soon = setImmediate(() => {
@@ -414,6 +432,7 @@ export class Scheduler {
           : c.state === 'running' && c.processes.some((p) => p.state !== 'running')
             ? 'degraded'
             : c.state)
+    const healthy = s === 'running' && (this.#init.isHealthy?.(name) ?? true)
     return {
       workload: w.name,
       node: this.#init.nodeName(),
@@ -421,12 +440,16 @@ export class Scheduler {
       ip: c?.ip ?? null,
       restarts,
       reason:
-        (reason !== undefined ? reason : (c?.error ?? down?.lastExit?.message ?? null))?.slice(0, 500) ??
-        null,
+        (reason !== undefined
+          ? reason
+          : (c?.error ??
+            down?.lastExit?.message ??
+            (s === 'running' && !healthy ? 'not passing its health check' : null))
+        )?.slice(0, 500) ?? null,
       startedAt: c ? Date.parse(c.createdAt) || null : null,
       index,
       spec: hash,
-      healthy: s === 'running' && (this.#init.isHealthy?.(name) ?? true),
+      healthy,
     }
   }
 

@@ -12,6 +12,7 @@ import {
   Command,
   canonicalJson,
   Env,
+  type HealthValue,
   MAX_REPLICAS,
   MIN_WORKLOAD_MEMORY,
   Port,
@@ -76,6 +77,102 @@ export function formatMemory(bytes: number): string {
 }
 
 const Quantity = z.union([z.number(), z.string()])
+const Count = (max: number, min = 1) =>
+  z
+    .number()
+    .check(
+      z.int(`must be a whole number ${min} to ${max}`),
+      z.minimum(min, `must be ${min} to ${max}`),
+      z.maximum(max, `must be ${min} to ${max}`),
+    )
+
+/** A health check as a user writes it: exactly one of tcp, http, exec; durations as 2s, 500ms or ms. */
+export const HealthManifest = z.strictObject({
+  tcp: z.optional(z.union([Port, z.literal(true)])),
+  http: z.optional(z.string()),
+  exec: z.optional(Command),
+  port: z.optional(Port),
+  interval: z.optional(Quantity),
+  timeout: z.optional(Quantity),
+  healthyAfter: z.optional(Count(100)),
+  unhealthyAfter: z.optional(Count(100)),
+  restartAfter: z.optional(Count(1000, 0)),
+})
+export type HealthManifest = z.input<typeof HealthManifest>
+
+export const DEFAULT_HEALTH = {
+  intervalMs: 2_000,
+  timeoutMs: 1_000,
+  healthyAfter: 1,
+  unhealthyAfter: 1,
+  restartAfter: 3,
+}
+
+/** A duration as ms: 1500, "1500ms", "2s", "1m"; undefined when it is not one. */
+export function parseDuration(input: string | number): number | undefined {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m)?$/.exec(String(input).trim())
+  if (!m) return undefined
+  const n = Number(m[1]) * (m[2] === 's' ? 1000 : m[2] === 'm' ? 60_000 : 1)
+  return Number.isFinite(n) ? Math.round(n) : undefined
+}
+
+export function formatDuration(ms: number): string {
+  return ms % 1000 === 0 ? `${ms / 1000}s` : `${ms}ms`
+}
+
+function normalizeHealth(h: z.infer<typeof HealthManifest>, ports: number[], where: string): HealthValue {
+  const kinds = (['tcp', 'http', 'exec'] as const).filter((k) => h[k] !== undefined)
+  if (kinds.length !== 1) throw invalid(where, 'health', 'must have exactly one of tcp, http or exec')
+  const kind = kinds[0] as HealthValue['kind']
+  const out: HealthValue = { kind, ...DEFAULT_HEALTH }
+  const dur = (field: 'interval' | 'timeout', min: number, max: number): number | undefined => {
+    const v = h[field]
+    if (v === undefined) return undefined
+    const ms = parseDuration(v)
+    if (ms === undefined || ms < min || ms > max)
+      throw invalid(
+        where,
+        `health.${field}`,
+        `must be a duration from ${formatDuration(min)} to ${formatDuration(max)}, such as 2s or 500ms`,
+      )
+    return ms
+  }
+  out.intervalMs = dur('interval', 100, 3_600_000) ?? out.intervalMs
+  out.timeoutMs = dur('timeout', 10, 600_000) ?? Math.min(out.timeoutMs, out.intervalMs)
+  if (h.healthyAfter !== undefined) out.healthyAfter = h.healthyAfter
+  if (h.unhealthyAfter !== undefined) out.unhealthyAfter = h.unhealthyAfter
+  if (h.restartAfter !== undefined) out.restartAfter = h.restartAfter
+  if (kind === 'exec') {
+    if (h.port !== undefined) throw invalid(where, 'health.port', 'is only for tcp and http checks')
+    out.command = h.exec as string[]
+    return out
+  }
+  const port = (typeof h.tcp === 'number' ? h.tcp : undefined) ?? h.port ?? ports[0]
+  if (port === undefined)
+    throw invalid(where, 'health.port', 'is needed: the workload has no port (add --port or health.port)')
+  out.port = port
+  if (kind === 'http') {
+    const path = h.http as string
+    if (!/^\/[\x21-\x7e]{0,255}$/.test(path))
+      throw invalid(where, 'health.http', 'must be a path such as /healthz')
+    out.path = path
+  }
+  return out
+}
+
+function manifestHealth(h: HealthValue): Record<string, unknown> {
+  const out: Record<string, unknown> = {}
+  if (h.kind === 'http') out.http = h.path
+  else if (h.kind === 'tcp') out.tcp = true
+  else out.exec = h.command
+  if (h.port !== undefined) out.port = h.port
+  out.interval = formatDuration(h.intervalMs)
+  out.timeout = formatDuration(h.timeoutMs)
+  out.healthyAfter = h.healthyAfter
+  out.unhealthyAfter = h.unhealthyAfter
+  out.restartAfter = h.restartAfter
+  return out
+}
 
 /** What a user writes: a manifest document or the `km1s run` flags. Only name and command are required. */
 export const WorkloadManifest = z.strictObject({
@@ -90,6 +187,8 @@ export const WorkloadManifest = z.strictObject({
   labels: z.optional(WorkloadLabels),
   ports: z.optional(z.array(Port).check(z.maxLength(16, 'may have at most 16 ports'))),
   service: z.optional(z.nullable(ServiceName)),
+  headless: z.optional(z.boolean()),
+  health: z.optional(z.nullable(HealthManifest)),
   restart: z.optional(RestartPolicy),
   env: z.optional(Env),
   exclusive: z.optional(z.boolean()),
@@ -108,8 +207,13 @@ function issueText(error: z.core.$ZodError): { field: string; why: string } {
   let why = issue?.message ?? 'is invalid'
   if (issue?.code === 'unrecognized_keys')
     return {
-      field: (issue as { keys: string[] }).keys.join(', '),
-      why: 'is not a workload field (allowed: name, artifact, command, replicas, cpu, memory, arch, labels, ports, service, restart, env, exclusive)',
+      field: (issue as { keys: string[] }).keys
+        .map((k) => [...issue.path.map(String), k].join('.'))
+        .join(', '),
+      why:
+        issue.path.length > 0
+          ? `is not a ${issue.path.map(String).join('.')} field (allowed: tcp, http, exec, port, interval, timeout, healthyAfter, unhealthyAfter, restartAfter)`
+          : 'is not a workload field (allowed: name, artifact, command, replicas, cpu, memory, arch, labels, ports, service, headless, health, restart, env, exclusive)',
     }
   if (issue?.code === 'invalid_value' && issue.path.at(-1) === 'restart')
     why = 'must be always, on-failure or never'
@@ -132,6 +236,9 @@ export function normalizeWorkload(input: unknown, where = 'Invalid workload'): W
   const memory = m.memory === undefined || m.memory === null ? DEFAULT_MEMORY : parseMemory(m.memory)
   if (memory === undefined) throw invalid(where, 'memory', 'must be bytes or a size such as 64Mi or 1Gi')
   if (memory < MIN_MEMORY) throw invalid(where, 'memory', 'must be at least 4Mi')
+  const ports = m.ports ?? []
+  const health = m.health ? normalizeHealth(m.health, ports, where) : undefined
+  if (m.headless && !m.service) throw invalid(where, 'headless', 'needs a service (--service NAME)')
   return {
     name: m.name,
     artifact: m.artifact ?? null,
@@ -141,8 +248,10 @@ export function normalizeWorkload(input: unknown, where = 'Invalid workload'): W
     memory,
     arch: m.arch ?? null,
     labels: m.labels ?? {},
-    ports: m.ports ?? [],
+    ports,
     service: m.service ?? null,
+    ...(health ? { health } : {}),
+    ...(m.headless ? { headless: true as const } : {}),
     restart: m.restart ?? 'always',
     env: m.env ?? {},
     exclusive: m.exclusive ?? false,
@@ -162,6 +271,8 @@ export function toManifest(w: WorkloadValue): Record<string, unknown> {
   if (Object.keys(w.labels).length > 0) out.labels = w.labels
   if (w.ports.length > 0) out.ports = w.ports
   if (w.service !== null) out.service = w.service
+  if (w.headless) out.headless = true
+  if (w.health) out.health = manifestHealth(w.health)
   out.restart = w.restart
   if (Object.keys(w.env).length > 0) out.env = w.env
   if (w.exclusive) out.exclusive = true

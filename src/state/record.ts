@@ -40,8 +40,8 @@ export type DropReason =
   | 'malformed'
 export type Verdict = { ok: true } | { ok: false; reason: DropReason }
 
-// Values per key kind. The later sessions that own workloads, services and node records tighten these;
-// until then any JSON object passes, bounded by MAX_RECORD_BYTES and MAX_VALUE_DEPTH.
+// Values per key kind, each its owner subsystem's schema (also bounded by MAX_RECORD_BYTES and
+// MAX_VALUE_DEPTH): a value that fails its kind's schema is dropped as invalid-value, never merged.
 export const LabelKey = z
   .string()
   .check(
@@ -58,7 +58,6 @@ export const LabelValue = z
       'a label value is at most 63 letters, digits, dashes, dots and underscores',
     ),
   )
-const AnyObject = z.record(z.string(), z.unknown())
 /** A node's own record: what `km1s nodes` shows besides liveness (membership/ writes it). */
 export const NodeValue = z.strictObject({
   name: z.string().check(z.regex(/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/)),
@@ -132,6 +131,26 @@ export const Replicas = z
     z.maximum(MAX_REPLICAS, `must be 0 to ${MAX_REPLICAS}`),
   )
 
+/** A workload's health check (services/health.ts runs it); durations in ms. */
+export const HealthValue = z.strictObject({
+  kind: z.enum(['tcp', 'http', 'exec']),
+  /** tcp and http: the container port probed. */
+  port: z.optional(Port),
+  /** http: the path GET asks for; 2xx and 3xx are healthy. */
+  path: z.optional(z.string().check(z.regex(/^\/[\x21-\x7e]{0,255}$/, 'must be a path such as /healthz'))),
+  /** exec: run in the container; exit 0 is healthy. */
+  command: z.optional(Command),
+  intervalMs: z.number().check(z.int(), z.minimum(100), z.maximum(3_600_000)),
+  timeoutMs: z.number().check(z.int(), z.minimum(10), z.maximum(600_000)),
+  /** Consecutive successes before an unhealthy replica serves again (and a new one serves at all). */
+  healthyAfter: z.number().check(z.int(), z.minimum(1), z.maximum(100)),
+  /** Consecutive failures before a replica leaves its service. */
+  unhealthyAfter: z.number().check(z.int(), z.minimum(1), z.maximum(100)),
+  /** Consecutive failures before the replica is made again; 0 = never. */
+  restartAfter: z.number().check(z.int(), z.minimum(0), z.maximum(1000)),
+})
+export type HealthValue = z.infer<typeof HealthValue>
+
 /** The stored form (the `workload/<name>` record value): units normalised, every field present. */
 export const WorkloadValue = z.strictObject({
   name: WorkloadName,
@@ -147,6 +166,10 @@ export const WorkloadValue = z.strictObject({
   labels: WorkloadLabels,
   ports: z.array(Port).check(z.maxLength(16)),
   service: z.nullable(ServiceName),
+  /** Absent = no check (running is healthy); absent rather than null so older specs keep their hash. */
+  health: z.optional(HealthValue),
+  /** A service without a virtual IP: DNS answers the healthy replicas themselves. */
+  headless: z.optional(z.literal(true)),
   restart: RestartPolicy,
   env: Env,
   exclusive: z.boolean(),
@@ -202,12 +225,30 @@ export const TagValue = z.strictObject({
 })
 export type TagValue = z.infer<typeof TagValue>
 
+// --- service/<name>: owned by services/ (docs/services.md) ---
+
+/** The service range: one virtual IP per service. */
+export const SERVICE_CIDR = '10.43.0.0/16'
+/** `service/<name>`: the virtual IP and where its traffic goes. */
+export const ServiceValue = z.strictObject({
+  /** null for a headless service. */
+  ip: z.nullable(
+    z.string().check(z.regex(/^10\.43\.(25[0-5]|2[0-4]\d|1?\d?\d)\.(25[0-5]|2[0-4]\d|1?\d?\d)$/)),
+  ),
+  workload: WorkloadName,
+  headless: z.boolean(),
+  ports: z.array(Port).check(z.maxLength(16)),
+  /** When the IP was first claimed (ms since the epoch): the earlier claim keeps an IP two services hold. */
+  claimedAt: z.number().check(z.int(), z.minimum(0)),
+})
+export type ServiceValue = z.infer<typeof ServiceValue>
+
 export const VALUE_SCHEMAS: { readonly [K in KeyKind]: z.ZodMiniType } = {
   node: NodeValue,
   status: StatusValue,
   label: z.record(LabelKey, LabelValue).check(z.refine((labels) => Object.keys(labels).length <= 64)),
   workload: WorkloadValue,
-  service: AnyObject,
+  service: ServiceValue,
   tag: TagValue,
   // network/subnet.ts has the same schema (SubnetClaimValue); state cannot import network.
   subnet: z.strictObject({

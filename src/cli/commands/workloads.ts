@@ -92,7 +92,17 @@ export function registerWorkloadCommands(program: Command): void {
     .option('--arch <arch>', 'only nodes of this architecture (amd64, arm64, armv7)')
     .option('--label <k=v>', 'only nodes with this label, repeatable', collect, [])
     .option('--port <port>', 'a port the program listens on, repeatable', collect, [])
-    .option('--service <name>', 'the service name its replicas serve')
+    .option('--service <name>', 'the service name its replicas serve: a virtual IP and NAME.km1s.internal')
+    .option('--headless', 'the service gets no virtual IP: DNS answers the healthy replicas themselves')
+    .option('--health-http <path>', 'health check: GET PATH on the first port answers 2xx or 3xx')
+    .option('--health-tcp [port]', 'health check: a TCP connection to PORT (default the first port) opens')
+    .option('--health-exec <cmd>', 'health check: sh -c CMD in the container exits 0')
+    .option('--health-port <port>', 'the port of an http or tcp check (default the first --port)')
+    .option('--health-interval <duration>', 'time between checks: 2s, 500ms (default 2s)')
+    .option('--health-timeout <duration>', 'a check that takes longer fails (default 1s)')
+    .option('--health-healthy-after <n>', 'successes in a row before a replica serves (default 1)')
+    .option('--health-unhealthy-after <n>', 'failures in a row before it leaves its service (default 1)')
+    .option('--health-restart-after <n>', 'failures in a row before it is made again; 0 never (default 3)')
     .addOption(
       new Option('--restart <policy>', 'restart policy (default always)').choices([
         'always',

@@ -1,3 +1,4 @@
+import './free-values.ts'
 import assert from 'node:assert/strict'
 import { createHash } from 'node:crypto'
 import { describe, it } from 'node:test'
@@ -23,7 +24,7 @@ const fakeSig = (r: UnsignedRecord) => new Uint8Array(createHash('sha512').updat
 
 const arbRecord = fc
   .record({
-    key: fc.integer({ min: 0, max: 40 }).map((i) => `service/w${i}`),
+    key: fc.integer({ min: 0, max: 40 }).map((i) => `tag/w${i}:v`),
     wall: fc.integer({ min: 0, max: 2 }),
     author: fc.constantFrom(...AUTHORS),
     deleted: fc.boolean(),
@@ -99,7 +100,7 @@ describe('anti-entropy digests', () => {
   })
 
   it('spreads keys over all buckets and accepts only well-formed digests', () => {
-    const used = new Set(Array.from({ length: 5000 }, (_, i) => bucketOf(`service/w${i}`)))
+    const used = new Set(Array.from({ length: 5000 }, (_, i) => bucketOf(`tag/w${i}:v`)))
     assert.equal(used.size, BUCKETS)
     const d = computeDigest(new Map())
     assert.equal(decodeDigest(d), d)

@@ -1,3 +1,4 @@
+import './free-values.ts'
 import assert from 'node:assert/strict'
 import { createHash } from 'node:crypto'
 import { describe, it } from 'node:test'
@@ -55,13 +56,13 @@ const arbRecord = (keys: string[]) =>
     })
 
 const arbMap = fc
-  .array(arbRecord(['service/a', 'service/b', 'service/c', 'tag/d:1']), { maxLength: 12 })
+  .array(arbRecord(['tag/a:v', 'tag/b:v', 'tag/c:v', 'tag/d:1']), { maxLength: 12 })
   .map((rs) => rs.reduce<RecordMap>((m, r) => mergeMaps(m, new Map([[r.key, r]])), new Map()))
 
 const sorted = (m: RecordMap) => [...m.entries()].sort(([a], [b]) => (a < b ? -1 : 1))
 
 describe('last-writer-wins merge', () => {
-  const one = arbRecord(['service/a'])
+  const one = arbRecord(['tag/a:v'])
 
   it('is commutative, associative and idempotent on records', () => {
     fc.assert(
@@ -91,7 +92,7 @@ describe('last-writer-wins merge', () => {
     const [p0 = '', p1 = ''] = [...peers].sort()
     const rec = (wall: number, author: string, deleted: boolean): SignedRecord => {
       const u = {
-        key: 'service/a',
+        key: 'tag/a:v',
         value: deleted ? null : { wall },
         hlc: { wall, counter: 0 },
         author,
@@ -119,12 +120,12 @@ describe('last-writer-wins merge', () => {
     }
     const old = NOW - TOMBSTONE_HORIZON_MS - 1
     const map = new Map([
-      ['service/old-tomb', at(old, true, 'service/old-tomb')],
-      ['service/new-tomb', at(NOW - 1000, true, 'service/new-tomb')],
-      ['service/old-live', at(old, false, 'service/old-live')],
+      ['tag/old-tomb:v', at(old, true, 'tag/old-tomb:v')],
+      ['tag/new-tomb:v', at(NOW - 1000, true, 'tag/new-tomb:v')],
+      ['tag/old-live:v', at(old, false, 'tag/old-live:v')],
     ])
-    assert.deepEqual([...collectTombstones(map, NOW).keys()].sort(), ['service/new-tomb', 'service/old-live'])
-    assert.deepEqual([...collectTombstones(map, NOW, 500).keys()], ['service/old-live'])
+    assert.deepEqual([...collectTombstones(map, NOW).keys()].sort(), ['tag/new-tomb:v', 'tag/old-live:v'])
+    assert.deepEqual([...collectTombstones(map, NOW, 500).keys()], ['tag/old-live:v'])
     assert.equal(map.size, 3, 'the input is not changed')
   })
 })
@@ -147,7 +148,7 @@ const arbOp: fc.Arbitrary<Op> = fc.oneof(
 
 describe('replicas converge', () => {
   it('for random writes and deletes, clock skew, and any delivery order with duplicates', async () => {
-    const keys = ['service/a', `label/${peers[1]}`, 'service/b']
+    const keys = ['tag/a:v', `label/${peers[1]}`, 'tag/b:v']
     await fc.assert(
       fc.asyncProperty(
         fc.array(fc.integer({ min: -20_000, max: 20_000 }), { minLength: 3, maxLength: 3 }),

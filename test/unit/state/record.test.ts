@@ -1,3 +1,4 @@
+import './free-values.ts'
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import { generateKeyPair } from '@libp2p/crypto/keys'
@@ -38,7 +39,7 @@ describe('record signatures', () => {
       fc.asyncProperty(
         fc.dictionary(fc.string({ maxLength: 8 }), fc.jsonValue({ maxDepth: 3 })),
         async (value) => {
-          const rec = await signRecord(keyA, draft('service/web', value as RecordDraft['value']))
+          const rec = await signRecord(keyA, draft('tag/web:v', value as RecordDraft['value']))
           assert.equal(rec.author, A)
           assert.ok(await verifyRecord(rec))
           const back = decodeRecord(encodeRecord(rec))
@@ -52,8 +53,8 @@ describe('record signatures', () => {
   })
 
   it('signs canonical bytes: key order inside the value does not matter', async () => {
-    const one = signingBytes({ ...draft('service/web', { a: 1, b: { c: 2, d: 3 } }), author: A })
-    const two = signingBytes({ ...draft('service/web', { b: { d: 3, c: 2 }, a: 1 }), author: A })
+    const one = signingBytes({ ...draft('tag/web:v', { a: 1, b: { c: 2, d: 3 } }), author: A })
+    const two = signingBytes({ ...draft('tag/web:v', { b: { d: 3, c: 2 }, a: 1 }), author: A })
     assert.deepEqual(one, two)
   })
 
@@ -81,9 +82,9 @@ describe('record signatures', () => {
   })
 
   it('fails verify for a changed key, value, clock, author or delete flag', async () => {
-    const rec = await signRecord(keyA, draft('service/web', { image: 'nginx' }))
+    const rec = await signRecord(keyA, draft('tag/web:v', { image: 'nginx' }))
     const changed: SignedRecord[] = [
-      { ...rec, key: 'service/wec' },
+      { ...rec, key: 'tag/wec:v' },
       { ...rec, value: { image: 'nginy' } },
       { ...rec, hlc: { ...rec.hlc, counter: rec.hlc.counter + 1 } },
       { ...rec, hlc: { ...rec.hlc, wall: rec.hlc.wall - 1 } },
@@ -101,8 +102,8 @@ describe('key space and ownership', () => {
       `node/${A}`,
       `status/${A}/web-1`,
       `label/${B}`,
-      'service/web',
-      'service/db',
+      'tag/web:v',
+      'tag/db:v',
       'tag/web:v1.2',
       'subnet/10.42.0.0/16',
       'subnet/fd00::/64',
@@ -116,9 +117,9 @@ describe('key space and ownership', () => {
       'node/QmNotAnEd25519PeerIdAtAll',
       `status/${A}`,
       `status/${A}/a/b`,
-      'service/Web',
-      'service/-web',
-      'service/a/b',
+      'tag/Web:v',
+      'tag/-web:v',
+      'tag/a:v/b',
       'tag/web',
       'tag/:v1',
       'tag/web:',
@@ -138,7 +139,7 @@ describe('key space and ownership', () => {
     assert.ok(mayWrite(`status/${A}/web`, A))
     assert.equal(mayWrite(`node/${A}`, B), false)
     assert.equal(mayWrite(`status/${A}/web`, B), false)
-    for (const k of [`label/${A}`, 'service/web', 'service/web', 'tag/web:v1', 'subnet/10.0.0.0/8'])
+    for (const k of [`label/${A}`, 'tag/web:v', 'tag/web:v', 'tag/web:v1', 'subnet/10.0.0.0/8'])
       assert.ok(mayWrite(k, B), k)
   })
 
@@ -187,7 +188,7 @@ describe('key space and ownership', () => {
   })
 
   it('drops a record whose author was swapped for a member key as bad-signature', async () => {
-    const rec = await signRecord(keyB, draft('service/web', { image: 'nginx' }))
+    const rec = await signRecord(keyB, draft('tag/web:v', { image: 'nginx' }))
     assert.deepEqual(await validateIncoming({ ...rec, author: A }, NOW), {
       ok: false,
       reason: 'bad-signature',
@@ -200,37 +201,37 @@ describe('incoming validation', () => {
     const signed = (d: RecordDraft) => signRecord(keyA, d)
     const cases: [string, SignedRecord, string][] = [
       ['unknown key', await signed(draft('secrets/x', { a: 1 })), 'unknown-key'],
-      ['key over 256 bytes', await signed(draft(`service/${'a'.repeat(300)}`, {})), 'oversized'],
+      ['key over 256 bytes', await signed(draft(`tag/${'a'.repeat(300)}:v`, {})), 'oversized'],
       ['label with a bad label key', await signed(draft(`label/${A}`, { 'bad key': 'x' })), 'invalid-value'],
       ['label value not a string', await signed(draft(`label/${A}`, { zone: 3 })), 'invalid-value'],
-      ['workload value not an object', await signed(draft('service/web', 'nginx')), 'invalid-value'],
-      ['tombstone with a value', await signed(draft('service/web', {}, { deleted: true })), 'invalid-value'],
+      ['workload value not an object', await signed(draft('tag/web:v', 'nginx')), 'invalid-value'],
+      ['tombstone with a value', await signed(draft('tag/web:v', {}, { deleted: true })), 'invalid-value'],
       // signRecord refuses such a value locally, so the hostile one is hand-made (checks precede the signature).
       [
         'value nested too deep',
-        { ...(await signed(draft('service/web', {}))), value: deep(40) },
+        { ...(await signed(draft('tag/web:v', {}))), value: deep(40) },
         'invalid-value',
       ],
       [
         'value over 64 KiB',
-        await signed(draft('service/web', { blob: 'x'.repeat(MAX_RECORD_BYTES) })),
+        await signed(draft('tag/web:v', { blob: 'x'.repeat(MAX_RECORD_BYTES) })),
         'oversized',
       ],
       [
         'clock too far ahead',
-        await signed(draft('service/web', {}, { hlc: { wall: NOW + MAX_DRIFT_MS + 1, counter: 0 } })),
+        await signed(draft('tag/web:v', {}, { hlc: { wall: NOW + MAX_DRIFT_MS + 1, counter: 0 } })),
         'clock-drift',
       ],
     ]
     for (const [what, rec, reason] of cases)
       assert.deepEqual(await validateIncoming(rec, NOW), { ok: false, reason }, what)
-    await assert.rejects(signed(draft('service/web', deep(40))), { code: 'ERR_STATE_VALUE' })
-    const tomb = await signed(draft('service/web', null, { deleted: true }))
+    await assert.rejects(signed(draft('tag/web:v', deep(40))), { code: 'ERR_STATE_VALUE' })
+    const tomb = await signed(draft('tag/web:v', null, { deleted: true }))
     assert.deepEqual(await validateIncoming(tomb, NOW), { ok: true })
   })
 
   it('checks the cheap things before the signature', () => {
-    const unsigned = { ...draft('service/web', {}), author: A, sig: new Uint8Array(64) }
+    const unsigned = { ...draft('tag/web:v', {}), author: A, sig: new Uint8Array(64) }
     assert.deepEqual(checkRecord(unsigned, NOW), { ok: true })
     assert.deepEqual(checkRecord({ ...unsigned, key: `node/${B}` }, NOW), {
       ok: false,
@@ -247,7 +248,7 @@ describe('incoming validation', () => {
   })
 
   it('refuses malformed wire input, never throwing', async () => {
-    const rec = await signRecord(keyA, draft('service/web', { image: 'nginx' }))
+    const rec = await signRecord(keyA, draft('tag/web:v', { image: 'nginx' }))
     const wire = JSON.parse(new TextDecoder().decode(encodeRecord(rec)))
     const enc = (x: unknown) => new TextEncoder().encode(JSON.stringify(x))
     const bad = [

@@ -1,3 +1,4 @@
+import './free-values.ts'
 import assert from 'node:assert/strict'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
@@ -141,35 +142,35 @@ describe('Store: local reads and writes', () => {
     const d = await freshDb()
     const store = newStore(d)
     await store.load()
-    const wb = await store.put('service/b', { image: 'b' })
-    const wa = await store.put('service/a', { image: 'a' })
+    const wb = await store.put('tag/b:v', { image: 'b' })
+    const wa = await store.put('tag/a:v', { image: 'a' })
     await store.put(`label/${A}`, { port: '80' })
-    await store.put('service/gone', { image: 'x' })
+    await store.put('tag/gone:v', { image: 'x' })
     assert.equal(wa.author, A)
-    assert.deepEqual(store.get('service/a'), wa)
-    assert.deepEqual(store.get('service/a')?.value, { image: 'a' })
-    assert.equal(store.get('service/zzz'), undefined)
+    assert.deepEqual(store.get('tag/a:v'), wa)
+    assert.deepEqual(store.get('tag/a:v')?.value, { image: 'a' })
+    assert.equal(store.get('tag/zzz:v'), undefined)
 
-    const tomb = await store.delete('service/gone')
+    const tomb = await store.delete('tag/gone:v')
     assert.equal(tomb.deleted, true)
     assert.equal(tomb.value, null)
     assert.ok(compareHlc(tomb.hlc, wb.hlc) > 0, 'the delete carries a later clock than earlier writes')
-    assert.equal(store.get('service/gone'), undefined)
+    assert.equal(store.get('tag/gone:v'), undefined)
     assert.deepEqual(
-      store.list('service/').map((r) => r.key),
-      ['service/a', 'service/b'],
+      store.list('tag/').map((r) => r.key),
+      ['tag/a:v', 'tag/b:v'],
     )
     assert.deepEqual(
       store.list('').map((r) => r.key),
-      [`label/${A}`, 'service/a', 'service/b'],
+      [`label/${A}`, 'tag/a:v', 'tag/b:v'],
     )
     assert.deepEqual(
       store.list('lab').map((r) => r.key),
       [`label/${A}`],
     )
-    assert.deepEqual(store.list('tag/'), [])
+    assert.deepEqual(store.list('workload/'), [])
     assert.equal(store.all().size, 4)
-    assert.deepEqual(store.all().get('service/gone'), tomb)
+    assert.deepEqual(store.all().get('tag/gone:v'), tomb)
     const stats = store.stats()
     assert.equal(stats.records, 3)
     assert.equal(stats.tombstones, 1)
@@ -205,33 +206,33 @@ describe('Store: local reads and writes', () => {
     const store = newStore(d)
     await store.load()
     const rec = await store.put(`label/${B}`, { zone: 'kitchen' }, { durable: true })
-    const tomb = await store.delete('service/old', { durable: true })
+    const tomb = await store.delete('tag/old:v', { durable: true })
     // The control: a machine write stays in memory until the write-behind delay (an hour here).
-    await store.put('service/later', { image: 'x' })
+    await store.put('tag/later:v', { image: 'x' })
     await d.db.close()
 
     const again = await openDb(d.dir)
     const loaded = newStore(again)
     await loaded.load()
     assert.deepEqual(loaded.get(`label/${B}`), rec)
-    assert.deepEqual(loaded.all().get('service/old'), tomb)
-    assert.equal(loaded.all().has('service/later'), false, 'a non-durable write is written behind')
+    assert.deepEqual(loaded.all().get('tag/old:v'), tomb)
+    assert.equal(loaded.all().has('tag/later:v'), false, 'a non-durable write is written behind')
   })
 
   it('writes machine writes behind, in one batch after flushDelayMs', async () => {
     const d = await freshDb()
     const store = newStore(d, { flushDelayMs: 250 })
     await store.load()
-    for (let i = 0; i < 5; i++) await store.put(`service/w${i}`, { i })
-    assert.equal(await d.records.get('service/w0'), undefined, 'not written at once')
+    for (let i = 0; i < 5; i++) await store.put(`tag/w${i}:v`, { i })
+    assert.equal(await d.records.get('tag/w0:v'), undefined, 'not written at once')
     assert.equal(store.stats().pendingWrites, 5)
     await until(() => store.stats().flushes > 0)
     assert.equal(store.stats().flushes, 1, 'five writes, one batch')
     assert.equal(store.stats().pendingWrites, 0)
     for (let i = 0; i < 5; i++) {
-      const r = store.get(`service/w${i}`)
+      const r = store.get(`tag/w${i}:v`)
       assert.ok(r)
-      assert.deepEqual(await d.records.get(`service/w${i}`), toWire(r))
+      assert.deepEqual(await d.records.get(`tag/w${i}:v`), toWire(r))
     }
   })
 
@@ -239,12 +240,12 @@ describe('Store: local reads and writes', () => {
     const d = await freshDb()
     const store = newStore(d)
     await store.load()
-    const r1 = await store.put('service/a', { i: 1 })
-    const r2 = await store.delete('service/b')
-    assert.equal(await d.records.get('service/a'), undefined)
+    const r1 = await store.put('tag/a:v', { i: 1 })
+    const r2 = await store.delete('tag/b:v')
+    assert.equal(await d.records.get('tag/a:v'), undefined)
     await store.stop()
-    assert.deepEqual(await d.records.get('service/a'), toWire(r1))
-    assert.deepEqual(await d.records.get('service/b'), toWire(r2))
+    assert.deepEqual(await d.records.get('tag/a:v'), toWire(r1))
+    assert.deepEqual(await d.records.get('tag/b:v'), toWire(r2))
     assert.equal(store.stats().pendingWrites, 0)
   })
 })
@@ -259,7 +260,7 @@ describe('Store: loading', () => {
 
     const other = await freshDb()
     await other.meta.put('schema', SCHEMA_VERSION + 1)
-    await other.records.put('service/a', { junk: true } as unknown as WireRecord)
+    await other.records.put('tag/a:v', { junk: true } as unknown as WireRecord)
     const store = newStore(other)
     await assert.rejects(store.load(), (err) => {
       isCode('ERR_SCHEMA')(err)
@@ -274,16 +275,16 @@ describe('Store: loading', () => {
     const d = await freshDb()
     const writer = newStore(d)
     await writer.load()
-    const good = await writer.put('service/good', { ok: true })
-    const moved = await writer.put('service/moved', { ok: true })
+    const good = await writer.put('tag/good:v', { ok: true })
+    const moved = await writer.put('tag/moved:v', { ok: true })
     await writer.stop()
-    await d.records.put('service/junk', { v: 1, key: 'service/junk' } as unknown as WireRecord)
-    await d.records.put('service/elsewhere', toWire(moved))
+    await d.records.put('tag/junk:v', { v: 1, key: 'tag/junk:v' } as unknown as WireRecord)
+    await d.records.put('tag/elsewhere:v', toWire(moved))
 
     const store = newStore(d)
     await store.load()
-    assert.deepEqual([...store.all().keys()].sort(), ['service/good', 'service/moved'])
-    assert.deepEqual(store.get('service/good'), good)
+    assert.deepEqual([...store.all().keys()].sort(), ['tag/good:v', 'tag/moved:v'])
+    assert.deepEqual(store.get('tag/good:v'), good)
   })
 
   it('loads 10,000 records written by another Store, identical (digest and every record)', async (t) => {
@@ -294,10 +295,10 @@ describe('Store: loading', () => {
     for (let i = 0; i < 10_000; i++) {
       switch (i % 5) {
         case 0:
-          await writer.delete(`service/w${i}`)
+          await writer.delete(`tag/w${i}:v`)
           break
         case 1:
-          await writer.put(`service/s${i}`, { port: i % 65_536, selector: { app: `a${i}` } })
+          await writer.put(`tag/s${i}:v`, { port: i % 65_536, selector: { app: `a${i}` } })
           break
         case 2:
           await writer.put(`tag/img${i}:v1`, {
@@ -314,7 +315,7 @@ describe('Store: loading', () => {
           await writer.put(`status/${A}/c${i}`, statusValue(i % 7))
           break
         default:
-          await writer.put(`service/w${i}`, { image: `registry.local/w${i}:1`, replicas: i % 3 })
+          await writer.put(`tag/w${i}:v`, { image: `registry.local/w${i}:1`, replicas: i % 3 })
       }
     }
     const writeMs = performance.now() - t0
@@ -340,15 +341,15 @@ describe('Store: loading', () => {
     const d = await freshDb()
     const before = newStore(d) // wall clock stands at NOW: clocks NOW.0, NOW.1, NOW.2
     await before.load()
-    await before.put('service/a', { v: 1 })
-    await before.put('service/b', { v: 1 })
-    const oldC = await before.put('service/c', { v: 1 })
+    await before.put('tag/a:v', { v: 1 })
+    await before.put('tag/b:v', { v: 1 })
+    const oldC = await before.put('tag/c:v', { v: 1 })
     await before.stop()
 
     // After a reboot the wall clock is a minute behind (a Pi without a real-time clock, before NTP).
     const after = newStore(d, { now: () => NOW - 60_000 })
     await after.load()
-    const newC = await after.put('service/c', { v: 2 })
+    const newC = await after.put('tag/c:v', { v: 2 })
     assert.ok(
       supersedes(newC, oldC),
       `the new write (clock ${newC.hlc.wall}.${newC.hlc.counter}) must win over the old one (${oldC.hlc.wall}.${oldC.hlc.counter})`,
@@ -357,7 +358,7 @@ describe('Store: loading', () => {
     const replica = newStore(await freshDb(), { privateKey: keyB })
     assert.equal(await replica.applyRemote(oldC, A), 'applied')
     assert.equal(await replica.applyRemote(newC, A), 'applied')
-    assert.deepEqual(replica.get('service/c')?.value, { v: 2 })
+    assert.deepEqual(replica.get('tag/c:v')?.value, { v: 2 })
   })
 })
 
@@ -392,8 +393,8 @@ describe('Store: a failing disk', () => {
     const { records, state } = failingBatches(d.records, 1)
     const store = newStore({ records, meta: d.meta })
     await store.load()
-    const rs = [await store.put('service/a', { i: 1 }), await store.put('service/b', { i: 2 })]
-    const tomb = await store.delete('service/c')
+    const rs = [await store.put('tag/a:v', { i: 1 }), await store.put('tag/b:v', { i: 2 })]
+    const tomb = await store.delete('tag/c:v')
     await assert.rejects(store.flush(), (err) => {
       isCode('ERR_DISK')(err)
       assert.match((err as Error).message, /ENOSPC/)
@@ -401,8 +402,8 @@ describe('Store: a failing disk', () => {
     })
     assert.equal(store.stats().pendingWrites, 3)
     assert.equal(store.stats().flushes, 0)
-    assert.equal(await d.records.get('service/a'), undefined)
-    assert.deepEqual(store.get('service/a'), rs[0], 'memory is unaffected')
+    assert.equal(await d.records.get('tag/a:v'), undefined)
+    assert.deepEqual(store.get('tag/a:v'), rs[0], 'memory is unaffected')
 
     await store.flush()
     assert.equal(state.calls, 2)
@@ -419,17 +420,17 @@ describe('Store: a failing disk', () => {
     const { records } = failingBatches(d.records, 1, gate)
     const store = newStore({ records, meta: d.meta })
     await store.load()
-    await store.put('service/a', { v: 1 })
-    await store.put('service/b', { v: 1 })
+    await store.put('tag/a:v', { v: 1 })
+    await store.put('tag/b:v', { v: 1 })
     const failing = store.flush()
     const rejected = assert.rejects(failing, isCode('ERR_DISK'))
     await new Promise((r) => setImmediate(r)) // the batch is now in flight
-    const newer = await store.put('service/a', { v: 2 })
+    const newer = await store.put('tag/a:v', { v: 2 })
     release()
     await rejected
     await store.flush()
-    assert.deepEqual(await d.records.get('service/a'), toWire(newer))
-    assert.deepEqual(await d.records.get('service/b'), toWire(store.get('service/b') as SignedRecord))
+    assert.deepEqual(await d.records.get('tag/a:v'), toWire(newer))
+    assert.deepEqual(await d.records.get('tag/b:v'), toWire(store.get('tag/b:v') as SignedRecord))
   })
 
   it('a durable put that cannot reach the disk fails with ERR_DISK and does not happen', async () => {
@@ -458,7 +459,7 @@ describe('Store.applyRemote', () => {
     const old = { wall: NOW - 1_000, counter: 0 }
     for (const r of [
       await remote(keyB, `label/${B}`, { zone: 'a' }, old),
-      await remote(keyB, 'service/web', { v: 0 }, old),
+      await remote(keyB, 'tag/web:v', { v: 0 }, old),
       await remote(keyB, `node/${B}`, nodeValue('pi-b'), old),
     ])
       assert.equal(await store.applyRemote(r, B), 'applied')
@@ -469,21 +470,21 @@ describe('Store.applyRemote', () => {
     const store = await seeded()
     const changes: StoreChange[] = []
     store.onChange((c) => changes.push(c))
-    const rec = await remote(keyB, 'service/web', { v: 1 }, { wall: NOW, counter: 0 })
+    const rec = await remote(keyB, 'tag/web:v', { v: 1 }, { wall: NOW, counter: 0 })
     const applied = store.stats().applied
 
     assert.equal(await store.applyRemote(rec, B), 'applied')
-    assert.deepEqual(store.get('service/web'), rec)
+    assert.deepEqual(store.get('tag/web:v'), rec)
     assert.equal(changes.length, 1)
     assert.equal(changes[0]?.origin, 'remote')
-    assert.equal(changes[0]?.key, 'service/web')
+    assert.equal(changes[0]?.key, 'tag/web:v')
     assert.deepEqual(changes[0]?.record, rec)
     assert.equal(store.stats().applied, applied + 1)
 
     const digest = hex(store.digest())
     const stale = store.stats().stale
     assert.equal(await store.applyRemote(rec, B), 'stale')
-    const older = await remote(keyB, 'service/web', { v: 9 }, { wall: NOW - 500, counter: 0 })
+    const older = await remote(keyB, 'tag/web:v', { v: 9 }, { wall: NOW - 500, counter: 0 })
     assert.equal(await store.applyRemote(older, B), 'stale')
     assert.equal(store.stats().stale, stale + 2)
     assert.equal(changes.length, 1)
@@ -492,11 +493,11 @@ describe('Store.applyRemote', () => {
 
   it('moves its own clock past an applied remote clock, so the next local write wins', async () => {
     const store = await seeded()
-    const ahead = await remote(keyB, 'service/web', { v: 1 }, { wall: NOW + 30_000, counter: 5 })
+    const ahead = await remote(keyB, 'tag/web:v', { v: 1 }, { wall: NOW + 30_000, counter: 5 })
     assert.equal(await store.applyRemote(ahead, B), 'applied')
-    const mine = await store.put('service/web', { v: 2 })
+    const mine = await store.put('tag/web:v', { v: 2 })
     assert.ok(supersedes(mine, ahead))
-    assert.deepEqual(store.get('service/web'), mine)
+    assert.deepEqual(store.get('tag/web:v'), mine)
   })
 
   const hostile: Array<[string, ApplyResult, () => Promise<SignedRecord>]> = [
@@ -504,7 +505,7 @@ describe('Store.applyRemote', () => {
       'a changed value under the old signature',
       'bad-signature',
       async () => ({
-        ...(await remote(keyB, 'service/web', { v: 1 }, { wall: NOW, counter: 0 })),
+        ...(await remote(keyB, 'tag/web:v', { v: 1 }, { wall: NOW, counter: 0 })),
         value: { v: 666 },
       }),
     ],
@@ -554,27 +555,27 @@ describe('Store.applyRemote', () => {
     [
       'a key with an invalid name',
       'unknown-key',
-      () => remote(keyB, 'service/Web', { v: 1 }, { wall: NOW, counter: 0 }),
+      () => remote(keyB, 'tag/Web:v', { v: 1 }, { wall: NOW, counter: 0 }),
     ],
     [
       'a clock ten minutes in the future',
       'clock-drift',
-      () => remote(keyB, 'service/web', { v: 1 }, { wall: NOW + 10 * 60_000, counter: 0 }),
+      () => remote(keyB, 'tag/web:v', { v: 1 }, { wall: NOW + 10 * 60_000, counter: 0 }),
     ],
     [
       'a clock just past the allowed drift',
       'clock-drift',
-      () => remote(keyB, 'service/web', { v: 1 }, { wall: NOW + MAX_DRIFT_MS + 1, counter: 0 }),
+      () => remote(keyB, 'tag/web:v', { v: 1 }, { wall: NOW + MAX_DRIFT_MS + 1, counter: 0 }),
     ],
     [
       'a value above the size limit',
       'oversized',
-      () => remote(keyB, 'service/web', { pad: 'x'.repeat(MAX_RECORD_BYTES) }, { wall: NOW, counter: 0 }),
+      () => remote(keyB, 'tag/web:v', { pad: 'x'.repeat(MAX_RECORD_BYTES) }, { wall: NOW, counter: 0 }),
     ],
     [
       'a negative clock counter',
       'malformed',
-      () => remote(keyB, 'service/web', { v: 1 }, { wall: NOW, counter: -1 }),
+      () => remote(keyB, 'tag/web:v', { v: 1 }, { wall: NOW, counter: -1 }),
     ],
   ]
 
@@ -614,35 +615,35 @@ describe('Store.watch', () => {
     const d = await freshDb()
     const store = newStore(d)
     await store.load()
-    await store.put('service/before', { v: 0 })
+    await store.put('tag/before:v', { v: 0 })
     const ac = new AbortController()
     const seen: StoreChange[] = []
     let ended = false
     const consumer = (async () => {
-      for await (const c of store.watch('service/', ac.signal)) seen.push(c)
+      for await (const c of store.watch('tag/', ac.signal)) seen.push(c)
       ended = true
     })()
 
     await store.put(`label/${A}`, { port: '1' })
-    await store.put('service/a', { v: 1 })
+    await store.put('tag/a:v', { v: 1 })
     await store.put(`label/${B}`, { zone: 'k' })
-    const fromB = await remote(keyB, 'service/b', { v: 1 }, { wall: NOW, counter: 0 })
+    const fromB = await remote(keyB, 'tag/b:v', { v: 1 }, { wall: NOW, counter: 0 })
     await store.applyRemote(fromB, B)
-    await store.delete('service/a')
+    await store.delete('tag/a:v')
     await until(() => seen.length >= 3)
     assert.equal(ended, false)
 
     ac.abort()
     await consumer
     assert.equal(ended, true)
-    await store.put('service/late', { v: 1 })
+    await store.put('tag/late:v', { v: 1 })
     await new Promise((r) => setImmediate(r))
     assert.deepEqual(
       seen.map((c) => [c.key, c.origin, c.record.deleted]),
       [
-        ['service/a', 'local', false],
-        ['service/b', 'remote', false],
-        ['service/a', 'local', true],
+        ['tag/a:v', 'local', false],
+        ['tag/b:v', 'remote', false],
+        ['tag/a:v', 'local', true],
       ],
     )
     assert.deepEqual(seen[1]?.record, fromB)
@@ -662,24 +663,24 @@ describe('Store.collectGarbage', () => {
     let clock = NOW
     const store = newStore(d, { now: () => clock, tombstoneHorizonMs: 500 })
     await store.load()
-    await store.put('service/old-live', { v: 1 })
-    await store.delete('service/old-dead')
+    await store.put('tag/old-live:v', { v: 1 })
+    await store.delete('tag/old-dead:v')
     clock = NOW + 1_000
-    await store.delete('service/new-dead')
+    await store.delete('tag/new-dead:v')
     await store.stop() // all three on disk
-    assert.ok(await d.records.get('service/old-dead'))
+    assert.ok(await d.records.get('tag/old-dead:v'))
 
     clock = NOW + 1_200 // old records are 1,200 ms old, new-dead 200 ms: horizon 500 ms
     const digest = hex(store.digest())
     assert.equal(store.collectGarbage(), 1)
-    assert.deepEqual([...store.all().keys()].sort(), ['service/new-dead', 'service/old-live'])
+    assert.deepEqual([...store.all().keys()].sort(), ['tag/new-dead:v', 'tag/old-live:v'])
     assert.notEqual(hex(store.digest()), digest)
     assert.equal(hex(store.digest()), hex(computeDigest(store.all())))
     assert.equal(store.collectGarbage(), 0, 'nothing left to collect')
     await store.flush()
-    assert.equal(await d.records.get('service/old-dead'), undefined)
-    assert.ok(await d.records.get('service/new-dead'))
-    assert.ok(await d.records.get('service/old-live'))
+    assert.equal(await d.records.get('tag/old-dead:v'), undefined)
+    assert.ok(await d.records.get('tag/new-dead:v'))
+    assert.ok(await d.records.get('tag/old-live:v'))
   })
 })
 
@@ -689,7 +690,7 @@ describe('Store: replicas converge', () => {
   it('two stores that exchange all records via applyRemote, in any order and with duplicates, end equal', async () => {
     const d = await freshDb()
     let run = 0
-    const shared = ['service/a', 'service/b', 'service/s', 'service/t', `label/${A}`, `label/${B}`]
+    const shared = ['tag/a:v', 'tag/b:v', 'tag/s:v', 'tag/t:1', `label/${A}`, `label/${B}`]
     const arbOp = fc.record({
       who: fc.integer({ min: 0, max: 1 }),
       key: fc.integer({ min: 0, max: shared.length }), // shared.length: the writer's own status record

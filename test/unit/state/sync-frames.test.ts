@@ -1,3 +1,4 @@
+import './free-values.ts'
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import { generateKeyPair } from '@libp2p/crypto/keys'
@@ -26,7 +27,7 @@ const badUtf8 = (seq: number[]) =>
 /** A wire record of the right shape (recordFrames and decodeFrame do not check signatures). */
 const wire = (i: number, pad: string) => ({
   v: 1 as const,
-  key: `service/w${i}`,
+  key: `tag/w${i}:v`,
   value: { pad },
   hlc: encodeHlc({ wall: NOW, counter: i }),
   author: A,
@@ -37,7 +38,7 @@ const wire = (i: number, pad: string) => ({
 describe('sync frames: round trip', () => {
   it('decodes what it encodes, for every frame type', async () => {
     const rec = await signRecord(key, {
-      key: 'service/web',
+      key: 'tag/web:v',
       value: { image: 'nginx', env: { A: '1' } },
       hlc: { wall: NOW, counter: 1 },
       deleted: false,
@@ -47,7 +48,7 @@ describe('sync frames: round trip', () => {
       { t: 'diff', b: [] },
       { t: 'diff', b: [0, 17, BUCKETS - 1] },
       { t: 'records', r: [] },
-      { t: 'records', r: [toWire(rec), toWire({ ...rec, key: 'service/db' })] },
+      { t: 'records', r: [toWire(rec), toWire({ ...rec, key: 'tag/db:v' })] },
       { t: 'end' },
     ]
     for (const f of frames) assert.deepEqual(decodeFrame(encodeFrame(f)), f)
@@ -211,14 +212,14 @@ describe('sync frames: recordFrames', () => {
   it('keeps frames below MAX_FRAME_BYTES when values hold non-ASCII text', async () => {
     // A valid record just under the 64 KiB limit: 21,000 × '€' is 63,000 UTF-8 bytes but 21,000 UTF-16 units.
     const rec = await signRecord(key, {
-      key: 'service/w0',
+      key: 'tag/w0:v',
       value: { note: '€'.repeat(21_000) },
       hlc: { wall: NOW, counter: 0 },
       deleted: false,
     })
     assert.deepEqual(checkRecord(rec, NOW), { ok: true })
     assert.ok(encodeRecord(rec).length <= MAX_RECORD_BYTES)
-    const wires = Array.from({ length: 40 }, (_, i) => ({ ...toWire(rec), key: `service/w${i}` }))
+    const wires = Array.from({ length: 40 }, (_, i) => ({ ...toWire(rec), key: `tag/w${i}:v` }))
     check(wires)
   })
 })
