@@ -8,6 +8,7 @@ import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import type { ReplicaView, ServiceView } from '../../src/api/schemas.ts'
+import type { ContainerStatus } from '../../src/runtime/types.ts'
 import { type Cluster, km1s, km1sOk, startCluster, waitForAlive } from './cluster.ts'
 import { type LabNode, waitFor } from './lab.ts'
 import { isRoot } from './runtime-fixture.ts'
@@ -220,6 +221,40 @@ describe('services on 5 nodes', { skip: isRoot ? false : 'needs root' }, () => {
         { timeoutMs: 30_000, intervalMs: 250 },
       )
     }
+  })
+
+  it('a killed replica leaves the service and its load balancer on every node', async () => {
+    const first = nodes[0] as LabNode
+    // restart never: the killed replica stays down, so what is measured is leaving, not coming back.
+    const args = ['run', 'kweb', '--replicas', '2', '--service', 'kweb', '--restart', 'never']
+    await km1sOk(first, [...args, ...server(8082)])
+    const healthy = async (n: LabNode) => (await services(n)).find((s) => s.name === 'kweb')?.healthy
+    for (const n of nodes) await waitFor(`${n.name} to see kweb 2/2`, async () => (await healthy(n)) === 2)
+    const victim = (await ps(first)).find((r) => r.name === 'kweb-0') as ReplicaView
+    const owner = nodes.find((n) => n.name === victim.node) as LabNode
+    const ctr = (JSON.parse(await km1sOk(owner, ['containers', '--json'])) as ContainerStatus[]).find(
+      (x) => x.name === 'kweb-0',
+    )
+    const pid = ctr?.processes[0]?.pid
+    assert.ok(pid, 'kweb-0 has a process')
+    const killed = await owner.exec(['kill', '-KILL', String(pid)])
+    assert.equal(killed.code, 0, killed.stderr)
+    await Promise.all(
+      nodes.map((n) =>
+        waitFor(
+          `${n.name} to drop kweb-0 from the answers and the table`,
+          async () =>
+            (await healthy(n)) === 1 && !(await dig(n, 'kweb.km1s.internal')).includes(victim.ip as string),
+          { timeoutMs: 10_000, intervalMs: 100 },
+        ),
+      ),
+    )
+    // Through the virtual IP (nftables), from a client on every node: only the survivor answers.
+    for (const n of nodes) {
+      const names = await getFrom(n, 'http://kweb.km1s.internal:8082/', 4)
+      assert.deepEqual([...new Set(names)], ['kweb-1'], `from ${n.name}`)
+    }
+    await km1sOk(first, ['rm', 'kweb'])
   })
 
   it('a rolling update replaces one replica at a time, each after the new one passed its check', async () => {
