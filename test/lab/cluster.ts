@@ -1,10 +1,18 @@
 // km1s agents on a lab (docs/lab.md): a cluster of real agents in network namespaces, driven through the
 // CLI and the control API client exactly as a user would. Shared by the lab tests and the benchmarks.
 import { execFile } from 'node:child_process'
-import { writeFile } from 'node:fs/promises'
+import { existsSync } from 'node:fs'
+import { rm, writeFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { promisify } from 'node:util'
+import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { ApiClient, type NodeView } from '../../src/api/index.ts'
+import { createLogger } from '../../src/common/logger.ts'
+import { dataPaths } from '../../src/common/paths.ts'
+import { loadOrCreateIdentity } from '../../src/mesh/identity.ts'
+import { detectOciRuntime } from '../../src/runtime/detect.ts'
+import { instanceId, RuntimeNames } from '../../src/runtime/names.ts'
+import { ContainerRuntime } from '../../src/runtime/runtime.ts'
 import { createLab, type Lab, type LabNode, waitFor } from './lab.ts'
 
 const execFileAsync = promisify(execFile)
@@ -51,8 +59,35 @@ export interface AgentOptions {
   env?: Record<string, string>
 }
 
+/**
+ * What an agent's runtime made outside the lab's namespaces — containers' namespaces, pause processes,
+ * shims, cgroups — outlives the agent by design, so the lab's own cleanup would miss it when a test fails
+ * or is interrupted before removing its containers. At teardown the node's runtime is started once more
+ * with no wanted container: its start-up sweep removes everything of the node's instance (as the runtime
+ * tests' harness does).
+ */
+async function sweepRuntime(node: LabNode, kind: 'oci' | 'process'): Promise<void> {
+  const identity = dataPaths(node.dataDir).identity
+  if (!existsSync(identity)) return
+  const peer = peerIdFromPrivateKey(await loadOrCreateIdentity(identity)).toString()
+  const names = new RuntimeNames({
+    instance: instanceId(peer),
+    runRoot: join(node.dataDir, '..', `${node.name}-run`),
+    dataDir: node.dataDir,
+    logRoot: join(node.dataDir, '..', `${node.name}-logs`),
+  })
+  await rm(names.specDir, { recursive: true, force: true })
+  const oci = kind === 'oci' ? await detectOciRuntime() : undefined
+  const log = createLogger({ level: 'silent' })
+  const sweeper = new ContainerRuntime({ kind, names, log, oci, hostNetns: node.netns })
+  await sweeper.start()
+  await sweeper.stop()
+}
+
 /** Starts a node's agent in its namespace and resolves when its API answers. */
 export async function startAgent(node: LabNode, opts: AgentOptions = {}): Promise<void> {
+  const kind = opts.runtime ?? 'none'
+  if (kind !== 'none') node.atTeardown('runtime', () => sweepRuntime(node, kind))
   await node.start(
     [
       KM1S,

@@ -26,6 +26,11 @@ export interface LabNode {
   stop(): Promise<void>
   exec(cmd: string[], opts?: { timeoutMs?: number }): Promise<ExecResult>
   log(): string
+  /**
+   * Runs `fn` at `down()`, after the node's process stopped and while its namespace still exists: for what
+   * the process made outside the lab's namespaces (an agent's containers). Registered once per key.
+   */
+  atTeardown(key: string, fn: () => Promise<void>): void
 }
 
 export interface ExecResult {
@@ -346,6 +351,7 @@ class NodeImpl implements LabNode {
   readonly #lab: LabImpl
   #child: ChildProcess | undefined
   #exited: Promise<void> = Promise.resolve()
+  readonly teardowns = new Map<string, () => Promise<void>>()
 
   constructor(lab: LabImpl, index: number) {
     this.#lab = lab
@@ -355,6 +361,10 @@ class NodeImpl implements LabNode {
     this.address = `${SUBNET}.${FIRST_HOST + index}`
     this.dataDir = path.join(lab.dir, this.name)
     this.socket = path.join(this.dataDir, 'km1s.sock')
+  }
+
+  atTeardown(key: string, fn: () => Promise<void>): void {
+    if (!this.teardowns.has(key)) this.teardowns.set(key, fn)
   }
 
   get logFile(): string {
@@ -659,6 +669,9 @@ class LabImpl implements Lab {
   async #takeDown(): Promise<void> {
     try {
       await Promise.all(this.nodes.map((node) => node.stop()))
+      for (const node of this.nodes)
+        for (const [key, fn] of node.teardowns)
+          await fn().catch((err) => process.stderr.write(`lab teardown ${node.name} ${key} failed: ${err}\n`))
       // whatever the started processes left running in the namespaces (their children), or a person's shell
       await terminate(processesInNetns(this.namespaces), 2000)
       await deleteNamespaces(this.namespaces)
