@@ -3,9 +3,10 @@
 // serves after `healthyAfter` successes in a row; it leaves its service after `unhealthyAfter` failures
 // in a row and is made again after `restartAfter`. The verdict goes into the status record through the
 // scheduler's `isHealthy` seam, so DNS, the load balancer and rolling updates all follow it.
-import { request } from 'node:http'
 import { connect } from 'node:net'
 import { errorMessage } from '../common/errors.ts'
+// node:http through common/http.ts, never an ESM import: that loads Node's bundled undici (~5 MB RSS).
+import { http } from '../common/http.ts'
 import type { Logger } from '../common/logger.ts'
 import { startExec } from '../runtime/exec.ts'
 import type { ContainerStatus, Runtime } from '../runtime/types.ts'
@@ -95,7 +96,7 @@ function probeHttp(ip: string, port: number, path: string, timeoutMs: number): P
       req.destroy()
       resolve(ok)
     }
-    const req = request(
+    const req = http.request(
       { host: ip, port, path, method: 'GET', agent: false, headers: { 'user-agent': 'km1s-health' } },
       (res) => {
         const code = res.statusCode ?? 0
