@@ -184,6 +184,16 @@ export class Scheduler {
     const { store, runtime, selfId } = this.#init
     const now = this.#now()
     this.#stats.passes++
+    // No workload and nothing of this node's to stop: skip the view and placement, which an idle fleet's
+    // agents would otherwise compute twice a second for nothing.
+    if (
+      this.#ops.size === 0 &&
+      store.list(WORKLOAD).length === 0 &&
+      store.list(`status/${selfId}/`).length === 0
+    ) {
+      this.#unplaced = []
+      return
+    }
     const grace = now - this.#startedAt < (this.#init.startupGraceMs ?? 5_000)
     const workloads = new Map<string, WorkloadValue>()
     for (const r of store.list(WORKLOAD))
