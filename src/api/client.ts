@@ -1,16 +1,15 @@
 // The typed client of the control API; the CLI, the tests and the benchmarks talk to agents only through it.
 import type { IncomingMessage } from 'node:http'
 import type { Socket } from 'node:net'
-import { PassThrough, Writable } from 'node:stream'
+import { type PassThrough, Writable } from 'node:stream'
 import { Km1sError } from '../common/errors.ts'
 import { http } from '../common/http.ts'
 import type { ContainerSpecInput } from '../runtime/types.ts'
 import type { WorkloadValue } from '../state/record.ts'
+import { execOutput } from './exec-output.ts'
 import {
   ApiError,
-  ErrorFrame,
   type ExecRequestView,
-  ExitFrame,
   encodeChunked,
   encodeFrame,
   encodeJsonFrame,
@@ -358,72 +357,30 @@ async function readError(res: IncomingMessage): Promise<Km1sError> {
 function execChannel(socket: Socket, head: Buffer): ExecChannel {
   socket.setTimeout(0)
   socket.setNoDelay?.(true)
-  const stdout = new PassThrough()
-  const stderr = new PassThrough()
   const decoder = new FrameDecoder()
-  const full = new Set<PassThrough>()
-  let settled = false
-  let resolveExit: (exit: { code: number | null; signal: string | null }) => void = () => {}
-  let rejectExit: (err: Error) => void = () => {}
-  const exited = new Promise<{ code: number | null; signal: string | null }>((res, rej) => {
-    resolveExit = res
-    rejectExit = rej
+  const out = execOutput({
+    who: 'The agent',
+    pause: () => socket.pause(),
+    resume: () => socket.resume(),
+    close: () => socket.end(),
   })
-  exited.catch(() => {})
-  const end = (err?: Error, exit?: { code: number | null; signal: string | null }) => {
-    if (settled) return
-    settled = true
-    stdout.end()
-    stderr.end()
-    socket.end()
-    if (err) rejectExit(err)
-    else resolveExit(exit as { code: number | null; signal: string | null })
-  }
-  const json = (payload: Buffer): unknown => {
-    try {
-      return JSON.parse(payload.toString('utf8'))
-    } catch {
-      return undefined
-    }
-  }
-  const badFrame = (what: string) =>
-    end(new Km1sError('ERR_BAD_FRAME', `The agent sent ${what}; run the same km1s version on both.`))
   const onData = (chunk: Buffer) => {
-    if (settled) return
+    if (out.settled) return
     let frames: ReturnType<FrameDecoder['push']>
     try {
       frames = decoder.push(chunk)
     } catch {
-      return badFrame('a frame larger than the limit')
+      return out.bad('a frame larger than the limit')
     }
     for (const f of frames) {
-      if (f.type === Frame.stdout || f.type === Frame.stderr) {
-        const out = f.type === Frame.stdout ? stdout : stderr
-        if (!out.write(f.payload) && !full.has(out)) {
-          full.add(out)
-          socket.pause()
-          out.once('drain', () => {
-            full.delete(out)
-            if (full.size === 0) socket.resume()
-          })
-        }
-      } else if (f.type === Frame.exit) {
-        const exit = ExitFrame.safeParse(json(f.payload))
-        return exit.success
-          ? end(undefined, exit.data)
-          : badFrame('an exit frame that is not { code, signal }')
-      } else if (f.type === Frame.error) {
-        const e = ErrorFrame.safeParse(json(f.payload))
-        return e.success
-          ? end(new Km1sError(e.data.code, e.data.message))
-          : badFrame('an unreadable error frame')
-      } else return badFrame(`a frame of type ${f.type}`)
+      out.frame(f.type, f.payload)
+      if (out.settled) return
     }
   }
   socket.on('data', onData)
   socket.on('error', () => {})
   socket.once('close', () =>
-    end(
+    out.end(
       new Km1sError(
         'ERR_EXEC_LOST',
         "The connection to the agent ended before the command's exit status arrived; check the agent's log.",
@@ -431,7 +388,7 @@ function execChannel(socket: Socket, head: Buffer): ExecChannel {
     ),
   )
   const send = (frame: Buffer, cb?: (err?: Error | null) => void) => {
-    if (settled || socket.destroyed) return void cb?.()
+    if (out.settled || socket.destroyed) return void cb?.()
     socket.write(frame, () => cb?.())
   }
   const stdin = new Writable({
@@ -447,10 +404,10 @@ function execChannel(socket: Socket, head: Buffer): ExecChannel {
   if (head.length > 0) onData(head)
   return {
     stdin,
-    stdout,
-    stderr,
+    stdout: out.stdout,
+    stderr: out.stderr,
     resize: (cols, rows) => send(encodeJsonFrame(Frame.resize, { cols, rows })),
     close: () => socket.destroy(),
-    exited,
+    exited: out.exited,
   }
 }

@@ -1,8 +1,9 @@
 // The asking side of an accepted stream, as the control API relays it: items (log entries, container
 // statuses) as an async iterable, and an exec as the API server's ExecSession — so the API's own relay,
 // its backpressure and its kill-on-leave serve a program on another node exactly as a local one.
-import { PassThrough, Writable } from 'node:stream'
-import { ErrorFrame, ExitFrame } from '../api/schemas.ts'
+import { Writable } from 'node:stream'
+import { execOutput } from '../api/exec-output.ts'
+import { ErrorFrame } from '../api/schemas.ts'
 import type { ExecSession } from '../api/server.ts'
 import { Km1sError } from '../common/errors.ts'
 import { endError, type FrameChannel } from './channel.ts'
@@ -102,56 +103,17 @@ export function itemsOf<T>(ch: FrameChannel, schema: Schema<T>, signal: AbortSig
 
 /** The asking side of an exec: what the API server relays to its client, fed by the stream's frames. */
 export function execSession(ch: FrameChannel, node: string, tty: boolean): ExecSession {
-  const stdout = new PassThrough()
-  const stderr = new PassThrough()
-  const full = new Set<PassThrough>()
-  let settled = false
-  let resolveExit: (exit: { code: number | null; signal: string | null }) => void = () => {}
-  let rejectExit: (err: Error) => void = () => {}
-  const exited = new Promise<{ code: number | null; signal: string | null }>((res, rej) => {
-    resolveExit = res
-    rejectExit = rej
+  const out = execOutput({
+    who: `Node ${node}`,
+    pause: () => ch.pause(),
+    resume: () => {
+      if (!ch.ended) ch.resume()
+    },
+    close: (err) => (err ? ch.abort('exec ended') : ch.close()),
   })
-  exited.catch(() => {})
-  const end = (err?: Error, exit?: { code: number | null; signal: string | null }) => {
-    if (settled) return
-    settled = true
-    stdout.end()
-    stderr.end()
-    if (err) {
-      ch.abort('exec ended')
-      rejectExit(err)
-    } else {
-      ch.close()
-      resolveExit(exit as { code: number | null; signal: string | null })
-    }
-  }
-  const bad = (what: string) =>
-    end(new Km1sError('ERR_BAD_FRAME', `Node ${node} sent ${what}; run the same km1s version on both.`))
-  ch.onFrame((f) => {
-    if (settled) return
-    if (f.type === RemoteFrame.stdout || f.type === RemoteFrame.stderr) {
-      const out = f.type === RemoteFrame.stdout ? stdout : stderr
-      if (!out.write(f.payload) && !full.has(out)) {
-        full.add(out)
-        ch.pause()
-        out.once('drain', () => {
-          full.delete(out)
-          if (full.size === 0 && !ch.ended) ch.resume()
-        })
-      }
-    } else if (f.type === RemoteFrame.exit) {
-      const exit = ExitFrame.safeParse(jsonOf(f.payload))
-      if (exit.success) end(undefined, exit.data)
-      else bad('an exit frame that is not { code, signal }')
-    } else if (f.type === RemoteFrame.error) {
-      const e = ErrorFrame.safeParse(jsonOf(f.payload))
-      if (e.success) end(new Km1sError(e.data.code, e.data.message))
-      else bad('an unreadable error frame')
-    } else bad(`a frame of type ${f.type}`)
-  })
+  ch.onFrame((f) => out.frame(f.type, f.payload))
   ch.onEnd((e) =>
-    end(
+    out.end(
       e.kind === 'garbage'
         ? e.error
         : new Km1sError(
@@ -163,29 +125,27 @@ export function execSession(ch: FrameChannel, node: string, tty: boolean): ExecS
   const stdin = new Writable({
     // The callback waits for the stream's buffer: the API server stops reading its client meanwhile.
     write(chunk: Buffer, _enc, cb) {
-      if (settled || ch.ended || ch.send(RemoteFrame.stdin, chunk)) return cb()
+      if (out.settled || ch.ended || ch.send(RemoteFrame.stdin, chunk)) return cb()
       ch.drained().then(
         () => cb(),
         () => cb(),
       )
     },
     final(cb) {
-      if (settled || ch.ended) return cb()
+      if (out.settled || ch.ended) return cb()
       ch.send(RemoteFrame.stdinEof)
       cb()
     },
   })
   return {
     stdin,
-    stdout,
-    stderr: tty ? null : stderr,
+    stdout: out.stdout,
+    stderr: tty ? null : out.stderr,
     resize: (cols, rows) => {
-      if (!settled) ch.sendJson(RemoteFrame.resize, { cols, rows })
+      if (!out.settled) ch.sendJson(RemoteFrame.resize, { cols, rows })
     },
     // The API client left, or sent a bad frame: reset the stream, the other node kills the program.
-    kill: () => {
-      if (!settled) end(new Km1sError('ERR_EXEC_LOST', 'The exec was ended here.'))
-    },
-    exited,
+    kill: () => out.end(new Km1sError('ERR_EXEC_LOST', 'The exec was ended here.')),
+    exited: out.exited,
   }
 }
