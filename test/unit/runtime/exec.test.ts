@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
-import { existsSync } from 'node:fs'
+import { existsSync, mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { describe, it } from 'node:test'
 import fc from 'fast-check'
 import { pino } from 'pino'
@@ -237,6 +238,21 @@ describe('startExec with a terminal', () => {
   })
 
   it('SHELL is the prepared one inside (script itself runs sh), and its own pid file is removed', async () => {
+    // A temporary directory of this test's own: other test files running at the same time (remote/'s
+    // exec -it) make and remove km1s-exec-* directories in the shared one, which this check would see.
+    const sharedTmp = process.env.TMPDIR
+    const ownTmp = mkdtempSync(join(tmpdir(), 'km1s-exectest-'))
+    process.env.TMPDIR = ownTmp
+    try {
+      await shellAndPidFile(ownTmp)
+    } finally {
+      if (sharedTmp === undefined) delete process.env.TMPDIR
+      else process.env.TMPDIR = sharedTmp
+      rmSync(ownTmp, { recursive: true, force: true })
+    }
+  })
+
+  async function shellAndPidFile(ownTmp: string): Promise<void> {
     const { prepared } = local([
       '/bin/sh',
       '-c',
@@ -253,12 +269,9 @@ describe('startExec with a terminal', () => {
     s2.stdin.end()
     await s2.exited
     assert.match(c2.out.stdout, /^shell=\/bin\/bash\r\n$/)
-    const left = execFileSync('/bin/sh', [
-      '-c',
-      `ls -d ${tmpdir()}/km1s-exec-* 2>/dev/null || true`,
-    ]).toString()
+    const left = execFileSync('/bin/sh', ['-c', `ls -d ${ownTmp}/km1s-exec-* 2>/dev/null || true`]).toString()
     assert.equal(left, '')
-  })
+  }
 
   it('uses the runtime pid file when there is one', async () => {
     const { prepared } = local(['/bin/sh', '-c', 'echo $$ > "$PIDF"; echo ready; sleep 0.5; stty size'], {
