@@ -41,12 +41,6 @@ export function generateClusterSecret(): Uint8Array {
   return new Uint8Array(randomBytes(CLUSTER_SECRET_BYTES))
 }
 
-/** The swarm key file format that @libp2p/pnet expects. */
-export function swarmKey(secret: Uint8Array): Uint8Array {
-  const hex = Buffer.from(secret).toString('hex')
-  return new TextEncoder().encode(`/key/swarm/psk/1.0.0/\n/base16/\n${hex}`)
-}
-
 /** A short public name for the cluster, derived from the secret (safe to show and to announce). */
 export function clusterId(secret: Uint8Array): string {
   return createHash('sha256').update('km1s cluster id\n').update(secret).digest('hex').slice(0, 12)

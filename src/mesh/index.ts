@@ -6,7 +6,6 @@ export {
   generateClusterSecret,
   loadOrCreateIdentity,
   readClusterSecret,
-  swarmKey,
 } from './identity.ts'
 export { createMesh, type Mesh, type MeshInit, type MeshStats } from './mesh.ts'
 export { decodeToken, encodeToken } from './token.ts'

@@ -7,7 +7,6 @@ import { mdns } from '@libp2p/mdns'
 import { noise } from '@libp2p/noise'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { ping } from '@libp2p/ping'
-import { preSharedKey } from '@libp2p/pnet'
 import { tcp } from '@libp2p/tcp'
 import { yamux } from '@libp2p/yamux'
 import { type Multiaddr, multiaddr } from '@multiformats/multiaddr'
@@ -23,9 +22,9 @@ import {
   isHandshakeFailure,
   shouldDial,
 } from './dial-policy.ts'
-import { clusterId, swarmKey } from './identity.ts'
+import { clusterId } from './identity.ts'
 import { PeerBook, type PeerBookStore } from './peer-book.ts'
-import { fixXsalsa20Memory } from './xsalsa20-fix.ts'
+import { clusterProtector } from './pnet.ts'
 
 export interface MeshInit {
   privateKey: PrivateKey
@@ -64,7 +63,7 @@ function createLibp2pNode(init: MeshInit) {
       announceFilter: (addrs: Multiaddr[]) => withoutLoopback(addrs),
     },
     transports: [tcp()],
-    connectionProtector: preSharedKey({ psk: swarmKey(init.clusterSecret) }),
+    connectionProtector: clusterProtector(init.clusterSecret),
     connectionEncrypters: [noise()],
     streamMuxers: [yamux()],
     connectionManager: { dialTimeout: 5_000, maxConnections: 300 },
@@ -370,6 +369,5 @@ function errorChain(err: unknown): string[] {
 }
 
 export async function createMesh(init: MeshInit): Promise<Mesh> {
-  fixXsalsa20Memory()
   return Mesh.create(init)
 }
