@@ -21,7 +21,6 @@ import { FileBlockstore } from '../../src/artifacts/blockstore.ts'
 import { type CID, rawCid } from '../../src/artifacts/cid.ts'
 import { createMesh, type Mesh } from '../../src/mesh/index.ts'
 import type { PeerBookEntry } from '../../src/mesh/peer-book.ts'
-import { fixXsalsa20Memory } from '../../src/mesh/xsalsa20-fix.ts'
 import { Store, type WireRecord } from '../../src/state/index.ts'
 import { printRows, type Row, writeJson } from './report.ts'
 
@@ -127,10 +126,11 @@ async function variant(kind: string, fetchers: number): Promise<Result> {
       const t0 = performance.now()
       await Promise.all(arts.slice(1).map((a) => a.pull(pushed.cid)))
       const ms = performance.now() - t0
+      if (process.env.KM1S_BENCH_DEBUG)
+        process.stderr.write(`${JSON.stringify(arts.map((a) => a.stats()))}\n`)
       for (const a of arts) await a.stop()
       return { ms, ...s.stop() }
     }
-    fixXsalsa20Memory() // as the agent does (Artifacts' constructor); without it pnet dies under bitswap too
     const stores = nodes.map((n) => new FileBlockstore(join(n.dir, 'bitswap')))
     for (const s of stores) await s.open(Number.POSITIVE_INFINITY)
     const cids: CID[] = []

@@ -345,6 +345,8 @@ export const ArtifactsStatsView = z.object({
   badBlocksReceived: z.number(),
   garbageRequests: z.number(),
   bannedPeers: z.number(),
+  fastLanes: z.number(),
+  fastLanesRefused: z.number(),
 })
 
 // --- services (services/) ---

@@ -5,11 +5,12 @@ import { chmod, mkdir, open, rename, rm, stat, symlink } from 'node:fs/promises'
 import { basename, isAbsolute, join } from 'node:path'
 import type { Connection, Libp2p, Stream } from '@libp2p/interface'
 import { peerIdFromString } from '@libp2p/peer-id'
-import { lpStream } from '@libp2p/utils'
+import type { Multiaddr } from '@multiformats/multiaddr'
 import { errorMessage, Km1sError } from '../common/errors.ts'
 import type { Logger } from '../common/logger.ts'
 import type { Store } from '../state/index.ts'
 import { FileBlockstore, resolveQuota } from './blockstore.ts'
+import { BulkServer, type FrameChannel, lpChannel } from './bulk.ts'
 import { type CID, parseCid, rawCid } from './cid.ts'
 import { ELF_HEADER_BYTES, elfArch } from './elf.ts'
 import { fetchArtifact, type PullProgress } from './fetch.ts'
@@ -23,13 +24,16 @@ import {
 } from './manifest.ts'
 import {
   ANS_BLOCK,
+  ANS_BULK,
   ANS_HAVE,
   ANS_NONE,
   ANS_SEED,
   BLOCKS_PROTOCOL,
   bitfield,
   decodeRequest,
+  MAX_ANSWER_BYTES,
   MAX_REQUEST_BYTES,
+  OP_BULK,
   OP_WANT,
 } from './protocol.ts'
 import { ANY_ARCH, ArchName, cidForArch, parseRef, rootsOf, TagValue, withArch, withoutArch } from './refs.ts'
@@ -38,7 +42,7 @@ import { readChunks, refuseSpecial, walkTree } from './tree.ts'
 export interface ArtifactsInit {
   dataDir: string
   store: Store
-  libp2p: Pick<Libp2p, 'handle' | 'unhandle' | 'dialProtocol' | 'getPeers' | 'contentRouting' | 'peerId'>
+  libp2p: Pick<Libp2p, 'handle' | 'unhandle' | 'dial' | 'getPeers' | 'contentRouting' | 'peerId'>
   logger: Logger
   /** This node's arch (km1s names: amd64, arm64, armv7). */
   arch: string
@@ -46,6 +50,8 @@ export interface ArtifactsInit {
   quota?: string
   /** TEST ONLY (KM1S_TEST_CORRUPT_BLOCKS=1): serve every block with one byte flipped. */
   corruptServedBlocks?: boolean
+  /** Blocks over a fast lane beside libp2p (bulk.ts); default true. Off: only libp2p streams, both ways. */
+  fastLane?: boolean
 }
 
 export interface PushResult {
@@ -92,6 +98,9 @@ export interface ArtifactsStats {
   badBlocksReceived: number
   garbageRequests: number
   bannedPeers: number
+  /** Fast lanes opened to this node, and connections to its lane port refused (no valid ticket in time). */
+  fastLanes: number
+  fastLanesRefused: number
 }
 
 export interface Progress {
@@ -109,6 +118,7 @@ export class Artifacts {
   readonly #log: Logger
   readonly #dir: string
   readonly #blocks: FileBlockstore
+  #bulk: BulkServer | undefined
   readonly #controller = new AbortController()
   readonly #banned = new Map<string, number>()
   readonly #manifests = new Map<string, Manifest>()
@@ -138,6 +148,11 @@ export class Artifacts {
     await mkdir(this.#dir, { recursive: true, mode: 0o755 })
     const quota = await resolveQuota(this.#init.quota, this.#dir)
     await this.#blocks.open(quota)
+    if (this.#init.fastLane !== false) {
+      const bulk = new BulkServer({ logger: this.#log })
+      if (await bulk.start()) this.#bulk = bulk
+      else this.#log.warn('cannot listen for fast lanes; blocks go over libp2p streams only')
+    }
     await this.#init.libp2p.handle(BLOCKS_PROTOCOL, (stream, conn) => this.#serve(stream, conn), {
       maxInboundStreams: 16,
     })
@@ -155,6 +170,8 @@ export class Artifacts {
     if (!this.#started) return
     this.#started = false
     this.#controller.abort()
+    await this.#bulk?.stop()
+    this.#bulk = undefined
     try {
       await this.#init.libp2p.unhandle(BLOCKS_PROTOCOL)
     } catch {
@@ -166,7 +183,14 @@ export class Artifacts {
     const now = Date.now()
     let banned = 0
     for (const until of this.#banned.values()) if (until > now) banned++
-    return { ...this.#blocks.stats(), ...this.#stats, bannedPeers: banned }
+    const lanes = this.#bulk?.stats() ?? { lanes: 0, refused: 0 }
+    return {
+      ...this.#blocks.stats(),
+      ...this.#stats,
+      bannedPeers: banned,
+      fastLanes: lanes.lanes,
+      fastLanesRefused: lanes.refused,
+    }
   }
 
   // --- push ------------------------------------------------------------------------------------------
@@ -330,8 +354,12 @@ export class Artifacts {
         {
           blocks: this.#blocks,
           candidates: (root, s) => this.#candidates(root, s),
-          dial: (peer, s) =>
-            this.#init.libp2p.dialProtocol(peerIdFromString(peer), BLOCKS_PROTOCOL, { signal: s }),
+          dial: async (peer, s) => {
+            const conn = await this.#init.libp2p.dial(peerIdFromString(peer), { signal: s })
+            const stream = await conn.newStream(BLOCKS_PROTOCOL, { signal: s })
+            return { stream, host: ipOf(conn.remoteAddr) }
+          },
+          fastLane: this.#init.fastLane !== false,
           ban: (peer, reason) => this.#ban(peer, reason),
           isBanned: (peer) => (this.#banned.get(peer) ?? 0) > Date.now(),
           logger: this.#log,
@@ -625,16 +653,24 @@ export class Artifacts {
     return !this.#seeding.has(key) || this.#restedSince(key, Date.now())
   }
 
-  /** The serving side: answers WANT and HAVE in order until the puller closes the stream. */
+  /** The serving side of a libp2p block stream. */
   async #serve(stream: Stream, conn: Connection): Promise<void> {
-    const peer = conn.remotePeer.toString()
-    const lp = lpStream(stream, { maxDataLength: MAX_REQUEST_BYTES })
+    await this.#serveFrames(lpChannel(stream, MAX_REQUEST_BYTES), conn.remotePeer.toString())
+  }
+
+  /**
+   * Answers WANT, HAVE and BULK in order until the puller closes the channel: a libp2p stream, or a fast lane
+   * this node offered on one (then the same loop runs on both, and the puller uses the lane).
+   */
+  async #serveFrames(ch: FrameChannel, peer: string): Promise<void> {
     const signal = this.#controller.signal
+    // A lane seals each frame as it is written, so one buffer serves every block read for it.
+    const scratch = ch.kind === 'bulk' ? Buffer.allocUnsafe(MAX_ANSWER_BYTES) : undefined
     try {
       for (;;) {
         let raw: Uint8Array
         try {
-          raw = (await lp.read({ signal })).subarray()
+          raw = await ch.read(signal)
         } catch (err) {
           if (/Length/.test((err as Error).name)) this.#stats.garbageRequests++
           throw err
@@ -644,17 +680,26 @@ export class Artifacts {
           this.#stats.garbageRequests++
           throw new Km1sError('ERR_BLOCKS_PROTOCOL', `peer ${peer} sent a request that is not one`)
         }
-        if (req.op === OP_WANT) {
+        if (req.op === OP_BULK) {
+          const offer =
+            ch.kind === 'libp2p'
+              ? this.#bulk?.offer(MAX_REQUEST_BYTES, (lane) => void this.#serveFrames(lane, peer))
+              : undefined
+          await ch.write(
+            offer ? Buffer.concat([Uint8Array.of(ANS_BULK), offer]) : Uint8Array.of(ANS_NONE),
+            signal,
+          )
+        } else if (req.op === OP_WANT) {
           const frame = this.#offeredNow(req.cid.toString())
-            ? await this.#blocks.getWithHeadroom(req.cid, 1)
+            ? await this.#blocks.getWithHeadroom(req.cid, 1, scratch)
             : undefined
           if (!frame) {
-            await lp.write(Uint8Array.of(ANS_NONE), { signal })
+            await ch.write(Uint8Array.of(ANS_NONE), signal)
             continue
           }
           frame[0] = ANS_BLOCK
           if (this.#init.corruptServedBlocks && frame.length > 1) frame[1] = (frame[1] ?? 0) ^ 0xff
-          await lp.write(frame, { signal })
+          await ch.write(frame, signal)
           this.#stats.blocksServed++
           const key = req.cid.toString()
           this.#servedCount.set(key, (this.#servedCount.get(key) ?? 0) + 1)
@@ -667,19 +712,25 @@ export class Artifacts {
             // yet, so the asker keeps it and asks again, instead of dropping it for seconds (late starters
             // of a swarm waited ~2 s for a seeder resting its chunks while their neighbours had them).
             const pulling = this.#activeRoots.has(req.cid.toString())
-            await lp.write(Uint8Array.of(pulling ? ANS_HAVE : ANS_NONE), { signal })
+            await ch.write(Uint8Array.of(pulling ? ANS_HAVE : ANS_NONE), signal)
             continue
           }
           const { offered, seed } = this.#advertised(uniqueChunks(m))
-          await lp.write(Buffer.concat([Uint8Array.of(seed ? ANS_SEED : ANS_HAVE), bitfield(offered)]), {
+          await ch.write(
+            Buffer.concat([Uint8Array.of(seed ? ANS_SEED : ANS_HAVE), bitfield(offered)]),
             signal,
-          })
+          )
         }
       }
     } catch (err) {
-      stream.abort(err instanceof Error ? err : new Error(String(err)))
+      ch.abort(err instanceof Error ? err : new Error(String(err)))
     }
   }
+}
+
+/** The IP address of a TCP multiaddr (where a fast lane to that peer connects), if it has one. */
+function ipOf(addr: Multiaddr): string | undefined {
+  return addr.getComponents().find((c) => c.name === 'ip4' || c.name === 'ip6')?.value
 }
 
 async function exists(path: string): Promise<boolean> {

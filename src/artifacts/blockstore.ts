@@ -1,7 +1,9 @@
 // Blocks as files, one per block, named by CID (docs/artifacts.md says why files beat LevelDB for 1 MiB
 // blobs). A block is written to a temporary file and renamed: a reader or a crash sees the whole block or
 // none, so a failed write (quota, full disk) leaves the store as it was. Blocks are not fsync'd one by one:
-// every read is checked against its CID, and a torn block is deleted and fetched again.
+// every read is checked against its CID, and a torn block is deleted and fetched again. Only a block this
+// process itself wrote or checked in the last few minutes is read unchecked (a swarm serves what it just
+// received; checking it again cost a second SHA-256 of every byte): a crash, torn writes and all, ends that.
 import { mkdir, open, readdir, rename, rm, stat, statfs } from 'node:fs/promises'
 import { join } from 'node:path'
 import { Km1sError } from '../common/errors.ts'
@@ -16,6 +18,9 @@ export interface BlockstoreStats {
 export class FileBlockstore {
   readonly dir: string
   readonly #sizes = new Map<string, number>()
+  /** Block → when this process last wrote or checked it. */
+  readonly #checkedAt = new Map<string, number>()
+  readonly #shards = new Set<string>()
   #bytes = 0
   #quota = Number.POSITIVE_INFINITY
   #tmp = 0
@@ -67,9 +72,11 @@ export class FileBlockstore {
 
   /**
    * The block read into a buffer `headroom` bytes into it (the first bytes left for a frame header, so a
-   * provider sends it without copying a MiB), checked against the CID like get().
+   * provider sends it without copying a MiB), checked against the CID like get(). With `into` (large enough)
+   * the block is read into that buffer instead of a new one: a sender that copies it out at once (the fast
+   * lane seals it) reuses one buffer for every block.
    */
-  async getWithHeadroom(cid: CID, headroom: number): Promise<Buffer | undefined> {
+  async getWithHeadroom(cid: CID, headroom: number, into?: Buffer): Promise<Buffer | undefined> {
     const key = cid.toString()
     const size = this.#sizes.get(key)
     if (size === undefined) return undefined
@@ -77,7 +84,10 @@ export class FileBlockstore {
     try {
       const fh = await open(this.#path(key), 'r')
       try {
-        buf = Buffer.allocUnsafe(headroom + size)
+        buf =
+          into && into.length >= headroom + size
+            ? into.subarray(0, headroom + size)
+            : Buffer.allocUnsafe(headroom + size)
         const { bytesRead } = await fh.read(buf, headroom, size, 0)
         if (bytesRead !== size) buf = buf.subarray(0, headroom + bytesRead)
       } finally {
@@ -87,9 +97,12 @@ export class FileBlockstore {
       this.#forget(key)
       return undefined
     }
-    if (!blockMatches(cid, buf.subarray(headroom))) {
-      await this.delete(key)
-      return undefined
+    if (!this.#recentlyChecked(key)) {
+      if (!blockMatches(cid, buf.subarray(headroom))) {
+        await this.delete(key)
+        return undefined
+      }
+      this.#checked(key)
     }
     return buf
   }
@@ -106,8 +119,17 @@ export class FileBlockstore {
     const path = this.#path(key)
     const tmp = join(this.dir, key.slice(-2), `.tmp-${process.pid}-${this.#tmp++}`)
     try {
-      await mkdir(join(this.dir, key.slice(-2)), { recursive: true, mode: 0o755 })
-      const fh = await open(tmp, 'w', 0o644)
+      const shard = key.slice(-2)
+      if (!this.#shards.has(shard)) {
+        await mkdir(join(this.dir, shard), { recursive: true, mode: 0o755 })
+        this.#shards.add(shard)
+      }
+      const fh = await open(tmp, 'w', 0o644).catch(async (err: NodeJS.ErrnoException) => {
+        if (err.code !== 'ENOENT') throw err
+        // The shard directory went away under us (removed by hand): make it again.
+        await mkdir(join(this.dir, shard), { recursive: true, mode: 0o755 })
+        return open(tmp, 'w', 0o644)
+      })
       try {
         await fh.writeFile(bytes)
       } finally {
@@ -128,6 +150,21 @@ export class FileBlockstore {
       this.#sizes.set(key, bytes.length)
       this.#bytes += bytes.length
     }
+    this.#checked(key)
+  }
+
+  #recentlyChecked(key: string): boolean {
+    return Date.now() - (this.#checkedAt.get(key) ?? 0) < TRUST_MS
+  }
+
+  #checked(key: string): void {
+    // Bounded: a long-lived agent forgets the oldest first (Map keeps insertion order).
+    this.#checkedAt.delete(key)
+    this.#checkedAt.set(key, Date.now())
+    if (this.#checkedAt.size > MAX_TRUSTED) {
+      const oldest = this.#checkedAt.keys().next().value
+      if (oldest !== undefined) this.#checkedAt.delete(oldest)
+    }
   }
 
   async delete(key: string): Promise<number> {
@@ -139,12 +176,17 @@ export class FileBlockstore {
   }
 
   #forget(key: string): void {
+    this.#checkedAt.delete(key)
     const size = this.#sizes.get(key)
     if (size === undefined) return
     this.#sizes.delete(key)
     this.#bytes -= size
   }
 }
+
+/** How long a block this process wrote or checked is read without checking it again. */
+const TRUST_MS = 10 * 60_000
+const MAX_TRUSTED = 20_000
 
 const mib = (n: number) => (Number.isFinite(n) ? `${(n / 2 ** 20).toFixed(1)} MiB` : 'unlimited')
 

@@ -3,21 +3,23 @@
 // (seeders, e.g. the node that pushed) are asked only for chunks no other puller holds yet, so a fleet
 // pulling at once fills up from each other (a swarm) instead of from the seeder alone. Every block is
 // checked against its CID; a peer that sends a wrong one is banned and its chunks go back to the queue.
-import type { PeerId, Stream } from '@libp2p/interface'
-import { type LengthPrefixedStream, lpStream } from '@libp2p/utils'
+import type { Stream } from '@libp2p/interface'
 import { errorMessage, Km1sError } from '../common/errors.ts'
 import type { Logger } from '../common/logger.ts'
 import type { FileBlockstore } from './blockstore.ts'
+import { connectLane, type FrameChannel, lpChannel } from './bulk.ts'
 import { blockMatches, type CID } from './cid.ts'
 import { decodeManifest, type Manifest, uniqueChunks } from './manifest.ts'
 import {
   ANS_BLOCK,
+  ANS_BULK,
   ANS_HAVE,
   ANS_NONE,
   ANS_SEED,
   bitAt,
   encodeRequest,
   MAX_ANSWER_BYTES,
+  OP_BULK,
   OP_HAVE,
   OP_WANT,
 } from './protocol.ts'
@@ -36,7 +38,10 @@ export interface FetchDeps {
   blocks: FileBlockstore
   /** Peers that may hold `root` (DHT, records, connected peers), banned ones excluded. */
   candidates(root: CID, signal: AbortSignal): Promise<string[]>
-  dial(peer: string, signal: AbortSignal): Promise<Stream>
+  /** A block stream to `peer`, and the IP address its connection reached (for a fast lane). */
+  dial(peer: string, signal: AbortSignal): Promise<{ stream: Stream; host?: string | undefined }>
+  /** Ask each provider for a fast lane (bulk.ts) and use it when it can be reached. */
+  fastLane?: boolean
   ban(peer: string, reason: string): void
   isBanned(peer: string): boolean
   logger: Logger
@@ -55,8 +60,7 @@ type Pending = { op: 'want'; index: number } | { op: 'want-root' } | { op: 'have
 
 class Provider {
   readonly peer: string
-  readonly lp: LengthPrefixedStream
-  readonly stream: Stream
+  readonly channel: FrameChannel
   readonly pending: Pending[] = []
   have: Uint8Array | undefined
   seeder = false
@@ -66,15 +70,9 @@ class Provider {
   waitingSince = Date.now()
   haveInFlight = false
 
-  constructor(peer: string, stream: Stream, window: number) {
+  constructor(peer: string, channel: FrameChannel) {
     this.peer = peer
-    this.stream = stream
-    // libp2p 3 streams push data without backpressure and a reader's buffer has a cap (4 MiB by default):
-    // the window of requests is what bounds it, so the cap is the window's worth of blocks plus a margin.
-    this.lp = lpStream(stream, {
-      maxDataLength: MAX_ANSWER_BYTES,
-      maxBufferSize: (window + 1) * (MAX_ANSWER_BYTES + 16) + (64 << 10),
-    })
+    this.channel = channel
   }
 
   wants(): number {
@@ -289,10 +287,19 @@ class FetchSession {
         this.#tried.add(peer)
         setTimeout(() => this.#tried.delete(peer), 3_000).unref()
         try {
-          const stream = await this.#d.dial(peer, AbortSignal.any([this.#signal, AbortSignal.timeout(3_000)]))
+          const signal = AbortSignal.any([this.#signal, AbortSignal.timeout(3_000)])
+          const { stream, host } = await this.#d.dial(peer, signal)
+          // libp2p 3 streams push data without backpressure and a reader's buffer has a cap (4 MiB by
+          // default): the window of requests is what bounds it, so the cap is the window's blocks and a margin.
+          let channel = lpChannel(
+            stream,
+            MAX_ANSWER_BYTES,
+            (this.#window + 1) * (MAX_ANSWER_BYTES + 16) + (64 << 10),
+          )
+          if (this.#d.fastLane && host) channel = await this.#fastLane(channel, host, peer, signal)
           if (this.#signal.aborted || this.#providers.size >= max)
-            return void stream.abort(new PullAbort('done'))
-          const p = new Provider(peer, stream, this.#window)
+            return void channel.abort(new PullAbort('done'))
+          const p = new Provider(peer, channel)
           this.#providers.set(peer, p)
           void this.#readLoop(p)
           this.#askHave(p)
@@ -303,10 +310,33 @@ class FetchSession {
     )
   }
 
+  /**
+   * Asks the provider for a fast lane on its new stream and moves to it; keeps the stream when there is none
+   * or the lane cannot be reached (a firewall, another address family): the stream is still in step then.
+   */
+  async #fastLane(
+    stream: FrameChannel,
+    host: string,
+    peer: string,
+    signal: AbortSignal,
+  ): Promise<FrameChannel> {
+    await stream.write(Uint8Array.of(OP_BULK), signal)
+    const answer = await stream.read(signal)
+    if (answer[0] !== ANS_BULK) return stream
+    try {
+      const lane = await connectLane(host, answer.subarray(1), MAX_ANSWER_BYTES, signal)
+      stream.abort(new PullAbort('moved to a fast lane'))
+      return lane
+    } catch (err) {
+      this.#log.debug({ peer, host, err: errorMessage(err) }, 'no fast lane; blocks come over the stream')
+      return stream
+    }
+  }
+
   #send(p: Provider, op: number, cid: CID, pending: Pending): void {
     if (p.pending.length === 0) p.waitingSince = Date.now()
     p.pending.push(pending)
-    p.lp.write(encodeRequest(op, cid), { signal: this.#signal }).catch((err) => this.#fail(p, err))
+    p.channel.write(encodeRequest(op, cid), this.#signal).catch((err) => this.#fail(p, err))
   }
 
   #askHave(p: Provider): void {
@@ -318,7 +348,7 @@ class FetchSession {
   async #readLoop(p: Provider): Promise<void> {
     try {
       while (!p.closed) {
-        const answer = (await p.lp.read({ signal: this.#signal })).subarray()
+        const answer = await p.channel.read(this.#signal)
         p.waitingSince = Date.now()
         const pending = p.pending.shift()
         if (!pending) throw new Km1sError('ERR_BLOCKS_PROTOCOL', 'an answer nobody asked for')
@@ -400,7 +430,7 @@ class FetchSession {
     for (const x of p.pending) if (x.op === 'want') this.#inFlight.delete(x.index)
     p.pending.length = 0
     this.#providers.delete(p.peer)
-    p.stream.abort(new PullAbort('provider dropped'))
+    p.channel.abort(new PullAbort('provider dropped'))
     this.#poke()
   }
 
@@ -478,5 +508,3 @@ class FetchSession {
     return at !== undefined && Date.now() - at < REFUSAL_MS
   }
 }
-
-export type { PeerId }

@@ -16,6 +16,7 @@ import {
   client,
   km1s,
   km1sOk,
+  MESH_PORT,
   startAgent,
   startCluster,
   waitForAlive,
@@ -91,8 +92,10 @@ describe('artifacts: push once, pull anywhere', { skip: !isRoot && 'the lab need
       [['big', 'any', true]],
     )
     // The pullers served each other: n1 uploaded less than the four copies it would have sent alone.
-    const served = (await client(node(1)).artifactsStatus()).bytesServed
-    assert.ok(served < 4 * 50 * MB, `n1 served ${served} bytes`)
+    const status = await client(node(1)).artifactsStatus()
+    assert.ok(status.bytesServed < 4 * 50 * MB, `n1 served ${status.bytesServed} bytes`)
+    // ...over fast lanes beside libp2p (bulk.ts), not over the libp2p streams.
+    assert.ok(status.fastLanes > 0, 'n1 served over fast lanes')
   })
 
   it('n1 killed -9 mid-pull: n3..n5 finish from the peers that hold the chunks', async () => {
@@ -214,6 +217,32 @@ describe('artifacts: push once, pull anywhere', { skip: !isRoot && 'the lab need
     )
     const fetched = servedAfter.reduce((sum, b, i) => sum + b - (servedBefore[i] ?? 0), 0)
     assert.ok(fetched <= 50 * MB - kept + 2 ** 20, `fetched ${fetched} bytes after keeping ${kept}`)
+  })
+
+  it('a provider whose fast-lane port is firewalled still serves, over its libp2p stream', async () => {
+    const walled = node(2)
+    // Drop every inbound TCP connection to n2 but the mesh's own port: the lane's port is unreachable.
+    const rules = `table inet laneblock {
+  chain input {
+    type filter hook input priority 0; policy accept;
+    tcp dport != ${MESH_PORT} ct state new drop
+  }
+}
+`
+    const put = await walled.exec(['sh', '-c', `printf '%s' '${rules}' | nft -f -`])
+    assert.equal(put.code, 0, put.stderr)
+    try {
+      const src = join(files, 'walled.bin')
+      const want = await randomFile(src, 8 * MB)
+      await km1sOk(walled, ['push', src, '--name', 'walled:1'])
+      const lanesBefore = (await client(walled).artifactsStatus()).fastLanes
+      const r = await pullTo(node(3), 'walled:1', join(files, 'walled-n3.out'))
+      assert.equal(await sha256(join(files, 'walled-n3.out')), want)
+      assert.equal(r.badBlocks, 0)
+      assert.equal((await client(walled).artifactsStatus()).fastLanes, lanesBefore, 'no lane reached n2')
+    } finally {
+      await walled.exec(['nft', 'delete', 'table', 'inet', 'laneblock'])
+    }
   })
 
   it('gc keeps what tags refer to and removes the rest', async () => {

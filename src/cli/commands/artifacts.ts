@@ -193,20 +193,21 @@ export function registerArtifactCommands(program: Command): void {
   artifacts
     .command('status')
     .description(
-      "this node's store: blocks, bytes and quota, what it served, corrupt blocks refused, peers banned",
+      "this node's store: blocks, bytes and quota, what it served (and over how many fast lanes), corrupt blocks refused, peers banned",
     )
     .action(async (_opts: unknown, cmd: Command) => {
       const g = globals(cmd)
       const s = await new ApiClient(g.socket).artifactsStatus()
       if (g.json) return printJson(s)
       printTable(
-        ['BLOCKS', 'SIZE', 'QUOTA', 'SERVED', 'CORRUPT BLOCKS REFUSED', 'PEERS BANNED'],
+        ['BLOCKS', 'SIZE', 'QUOTA', 'SERVED', 'FAST LANES', 'CORRUPT BLOCKS REFUSED', 'PEERS BANNED'],
         [
           [
             s.blocks,
             humanBytes(s.bytes),
             humanBytes(s.quota),
             humanBytes(s.bytesServed),
+            s.fastLanes,
             s.badBlocksReceived,
             s.bannedPeers,
           ],

@@ -21,6 +21,7 @@ import {
   bitfield,
   decodeRequest,
   encodeRequest,
+  OP_BULK,
   OP_HAVE,
   OP_WANT,
 } from '../../../src/artifacts/protocol.ts'
@@ -246,14 +247,16 @@ describe('block protocol frames', () => {
     for (const op of [OP_WANT, OP_HAVE]) {
       const r = decodeRequest(encodeRequest(op, cid))
       assert.equal(r?.op, op)
-      assert.equal(r?.cid.toString(), cid.toString())
+      assert.equal(r && 'cid' in r ? r.cid.toString() : undefined, cid.toString())
     }
+    assert.deepEqual(decodeRequest(Uint8Array.of(OP_BULK)), { op: OP_BULK })
     assert.equal(decodeRequest(new Uint8Array([3, ...cid.bytes])), undefined)
+    assert.equal(decodeRequest(new Uint8Array([4, ...cid.bytes])), undefined)
     assert.equal(decodeRequest(new Uint8Array([1])), undefined)
     fc.assert(
       fc.property(fc.uint8Array({ maxLength: 100 }), (b) => {
         const r = decodeRequest(b)
-        return r === undefined || r.op === OP_WANT || r.op === OP_HAVE
+        return r === undefined || r.op === OP_WANT || r.op === OP_HAVE || r.op === OP_BULK
       }),
     )
   })
