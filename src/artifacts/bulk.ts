@@ -174,17 +174,33 @@ class SocketChannel implements FrameChannel {
   #waiter: { resolve: (f: Buffer) => void; reject: (e: Error) => void } | undefined
   #error: Error | undefined
 
-  constructor(socket: net.Socket, offer: Offer, me: Direction, maxRead: number, early?: Uint8Array) {
+  /**
+   * `early`: bytes that arrived with the ticket. `fed`: the socket reads into a buffer of its own (`onread`)
+   * and its callback calls feed(); otherwise the channel listens for 'data'.
+   */
+  constructor(
+    socket: net.Socket,
+    offer: Offer,
+    me: Direction,
+    maxRead: number,
+    opts: { early?: Uint8Array; fed?: boolean } = {},
+  ) {
     this.#socket = socket
     this.#seal = sealer(laneKey(offer, me))
     this.#open = opener(laneKey(offer, me === 'puller' ? 'provider' : 'puller'))
     this.#records = new RecordReader(maxRead + TAG_BYTES)
     socket.setNoDelay(true)
     socket.setTimeout(0)
-    socket.on('data', (chunk: Buffer) => this.#onData(chunk))
+    if (!opts.fed) socket.on('data', (chunk: Buffer) => this.#onData(chunk))
     socket.on('error', (err) => this.#end(err))
     socket.on('close', () => this.#end(new Km1sError('ERR_BLOCKS_PROTOCOL', 'the fast lane closed')))
-    if (early && early.length > 0) this.#onData(early)
+    if (opts.early && opts.early.length > 0) this.#onData(opts.early)
+  }
+
+  /** Bytes read into the socket's own buffer (copied out before this returns); false pauses the socket. */
+  feed(chunk: Uint8Array): boolean {
+    this.#onData(chunk)
+    return this.#frames.length < READ_AHEAD
   }
 
   #onData(chunk: Uint8Array): void {
@@ -386,7 +402,9 @@ export class BulkServer {
       settled = true
       this.#waiting--
       this.#stats.lanes++
-      t.onLane(new SocketChannel(socket, t.offer, 'provider', t.maxRead, got.subarray(TICKET_BYTES)))
+      t.onLane(
+        new SocketChannel(socket, t.offer, 'provider', t.maxRead, { early: got.subarray(TICKET_BYTES) }),
+      )
     }
     socket.on('data', onData)
     socket.once('close', refuse)
@@ -404,7 +422,17 @@ export function connectLane(
   const offer = decodeOffer(offerBytes)
   if (!offer) return Promise.reject(new Km1sError('ERR_BLOCKS_PROTOCOL', 'a malformed fast-lane offer'))
   return new Promise<FrameChannel>((resolve, reject) => {
-    const socket = net.connect({ host, port: offer.port })
+    // The puller receives whole blocks: the socket reads into one buffer (no new 64 KiB buffer per read,
+    // which kept the GC busy), and the lane copies each chunk into its record before the next read.
+    let lane: SocketChannel | undefined
+    const socket = net.connect({
+      host,
+      port: offer.port,
+      onread: {
+        buffer: Buffer.allocUnsafe(64 << 10),
+        callback: (n, buf) => lane?.feed(buf.subarray(0, n)) ?? true,
+      },
+    })
     const fail = (err: Error) => {
       clearTimeout(timer)
       signal.removeEventListener('abort', onAbort)
@@ -423,7 +451,8 @@ export function connectLane(
       signal.removeEventListener('abort', onAbort)
       socket.off('error', fail)
       socket.write(offer.ticket)
-      resolve(new SocketChannel(socket, offer, 'puller', maxRead))
+      lane = new SocketChannel(socket, offer, 'puller', maxRead, { fed: true })
+      resolve(lane)
     })
   })
 }
