@@ -15,6 +15,11 @@ await build({
   keepNames: true,
   // classic-level loads a prebuilt native addon relative to its own package directory.
   external: ['classic-level'],
+  // Noise's WebAssembly helpers, replaced by Node's own crypto: src/mesh/noise-wasm-shim.ts says why.
+  alias: {
+    '@chainsafe/as-chacha20poly1305': './src/mesh/noise-wasm-shim.ts',
+    '@chainsafe/as-sha256': './src/mesh/noise-wasm-shim.ts',
+  },
   banner: {
     js: "import { createRequire as __km1sCreateRequire } from 'node:module'; const require = __km1sCreateRequire(import.meta.url);",
   },

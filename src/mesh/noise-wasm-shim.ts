@@ -1,0 +1,47 @@
+// What the bundle gives @libp2p/noise instead of its two WebAssembly helpers, @chainsafe/as-chacha20poly1305
+// and @chainsafe/as-sha256 (scripts/build.mjs aliases both packages to this file). Noise instantiates them
+// when it is imported and uses them for messages under 1,200 bytes (heartbeats, gossip: most of an idle
+// agent's traffic); their memories and compiled code cost every agent resident memory on a 1 GB Pi. Node's
+// OpenSSL does the same work. Only the names noise imports are here; tests running from source still load
+// the originals, so both must agree (test/unit/mesh/noise-wasm-shim.test.ts).
+import { createCipheriv, createDecipheriv, createHash } from 'node:crypto'
+
+const TAG = 16
+
+/** as-chacha20poly1305's context; the native cipher needs none. */
+export function newInstance(): object {
+  return {}
+}
+
+export class ChaCha20Poly1305 {
+  constructor(_ctx?: object) {}
+
+  seal(key: Uint8Array, nonce: Uint8Array, plaintext: Uint8Array, ad?: Uint8Array): Uint8Array {
+    const c = createCipheriv('chacha20-poly1305', key, nonce, { authTagLength: TAG })
+    if (ad) c.setAAD(ad, { plaintextLength: plaintext.length })
+    const body = c.update(plaintext)
+    c.final()
+    return Buffer.concat([body, c.getAuthTag()], body.length + TAG)
+  }
+
+  /** The plaintext, or null when the tag does not match (noise then fails the connection). */
+  open(key: Uint8Array, nonce: Uint8Array, sealed: Uint8Array, ad?: Uint8Array): Uint8Array | null {
+    if (sealed.length < TAG) return null
+    const d = createDecipheriv('chacha20-poly1305', key, nonce, { authTagLength: TAG })
+    const body = sealed.subarray(0, sealed.length - TAG)
+    if (ad) d.setAAD(ad, { plaintextLength: body.length })
+    d.setAuthTag(sealed.subarray(sealed.length - TAG))
+    const out = d.update(body)
+    try {
+      d.final()
+    } catch {
+      return null
+    }
+    return out
+  }
+}
+
+/** as-sha256's digest. */
+export function digest(data: Uint8Array): Uint8Array {
+  return createHash('sha256').update(data).digest()
+}

@@ -1,0 +1,49 @@
+import assert from 'node:assert/strict'
+import { describe, it } from 'node:test'
+import * as asChaCha from '@chainsafe/as-chacha20poly1305'
+import * as asSha from '@chainsafe/as-sha256'
+import fc from 'fast-check'
+import * as shim from '../../../src/mesh/noise-wasm-shim.ts'
+
+describe("mesh/noise-wasm-shim: the bundle stand-in for noise's WebAssembly helpers", () => {
+  const wasm = new asChaCha.ChaCha20Poly1305(asChaCha.newInstance())
+  const native = new shim.ChaCha20Poly1305(shim.newInstance())
+  const bytes = (n: number) => fc.uint8Array({ minLength: n, maxLength: n })
+
+  it('seals exactly as as-chacha20poly1305 does, and each opens the other', () => {
+    fc.assert(
+      fc.property(
+        bytes(32),
+        bytes(12),
+        fc.uint8Array({ maxLength: 3000 }),
+        fc.uint8Array({ maxLength: 64 }),
+        (k, n, p, ad) => {
+          const a = wasm.seal(k, n, p, ad)
+          const b = native.seal(k, n, p, ad)
+          assert.deepEqual([...b], [...a])
+          assert.deepEqual([...(native.open(k, n, a, ad) ?? [])], [...p])
+          assert.deepEqual([...(wasm.open(k, n, b, ad) ?? [])], [...p])
+        },
+      ),
+    )
+  })
+
+  it('refuses a tampered message, a wrong key and a runt', () => {
+    const k = new Uint8Array(32).fill(1)
+    const n = new Uint8Array(12)
+    const sealed = native.seal(k, n, new Uint8Array([1, 2, 3]))
+    const bad = Uint8Array.from(sealed)
+    bad[0] = (bad[0] ?? 0) ^ 1
+    assert.equal(native.open(k, n, bad), null)
+    assert.equal(native.open(new Uint8Array(32), n, sealed), null)
+    assert.equal(native.open(k, n, new Uint8Array(5)), null)
+  })
+
+  it('hashes as as-sha256 does', () => {
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 500 }), (d) => {
+        assert.deepEqual([...shim.digest(d)], [...asSha.digest(d)])
+      }),
+    )
+  })
+})
