@@ -161,6 +161,8 @@ export class RecordReader {
   }
 }
 
+const LANE_IDLE_MS = 60_000
+
 /** Frames waiting to be read before the socket is paused: the puller's window bounds them anyway. */
 const READ_AHEAD = 4
 
@@ -190,7 +192,11 @@ class SocketChannel implements FrameChannel {
     this.#open = opener(laneKey(offer, me === 'puller' ? 'provider' : 'puller'))
     this.#records = new RecordReader(maxRead + TAG_BYTES)
     socket.setNoDelay(true)
-    socket.setTimeout(0)
+    // A puller asks HAVE every 250 ms while it pulls: a provider's lane idle for a minute belongs to a puller
+    // that is gone without a word (power cut), and is closed. The puller has its own request timeouts.
+    socket.setTimeout(me === 'provider' ? LANE_IDLE_MS : 0)
+    if (me === 'provider')
+      socket.on('timeout', () => this.abort(new Km1sError('ERR_BLOCKS_PROTOCOL', 'the fast lane went quiet')))
     if (!opts.fed) socket.on('data', (chunk: Buffer) => this.#onData(chunk))
     socket.on('error', (err) => this.#end(err))
     socket.on('close', () => this.#end(new Km1sError('ERR_BLOCKS_PROTOCOL', 'the fast lane closed')))
