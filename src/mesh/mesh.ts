@@ -49,9 +49,12 @@ export interface MeshStats {
 /**
  * Gossipsub tuned for small clusters where every node keeps a connection to every other: flood publishing
  * already reaches every connected subscriber, so a thin mesh (D=2) only carries messages across partial
- * connectivity. The defaults (D=6) cost ~30 % more CPU at 10 nodes for duplicates (docs/mesh.md).
+ * connectivity. The defaults (D=6) cost ~30 % more CPU at 10 nodes for duplicates (docs/mesh.md). No lazy
+ * gossip (IHAVE every second to a few peers about the last messages): with every subscriber reached directly
+ * it only ever told peers of messages they had, ~4 of an idle agent's ~31 writes a second at 10 nodes;
+ * replication's anti-entropy (state/) recovers what a lost message missed.
  */
-const GOSSIP_TUNING = { D: 2, Dlo: 1, Dhi: 4, Dlazy: 2, floodPublish: true } as const
+const GOSSIP_TUNING = { D: 2, Dlo: 1, Dhi: 4, Dlazy: 0, gossipFactor: 0, floodPublish: true } as const
 
 function createLibp2pNode(init: MeshInit) {
   const cluster = clusterId(init.clusterSecret)
