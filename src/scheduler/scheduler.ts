@@ -28,6 +28,12 @@ export interface SchedulerInit {
   startupGraceMs?: number
   /** A replica placed elsewhere stops once the new owner runs it, and not before this long (view flicker). */
   stopDelayMs?: number
+  /**
+   * …and not before the set of live nodes has stayed the same this long. At a heal the sides hear each
+   * other's nodes one by one, and placement over a half-healed view can move a replica that the full view
+   * puts back: the new owner starts a copy quickly, and without this the old one stopped and started again.
+   */
+  viewSettleMs?: number
   /** …or after this long even if the new owner never reports it running. */
   handoverTimeoutMs?: number
   now?: () => number
@@ -61,6 +67,8 @@ export class Scheduler {
   readonly #pending = new Map<string, Pending>()
   /** Local replicas no longer assigned here, since when. */
   readonly #unassignedSince = new Map<string, number>()
+  #liveKey = ''
+  #viewChangedAt = 0
   /** Local replicas the runtime could not make, since when. */
   readonly #failedSince = new Map<string, number>()
   readonly #lastPut = new Map<string, { text: string; at: number }>()
@@ -219,6 +227,12 @@ export class Scheduler {
     const { assignments, unplaced } = place({ workloads: input, nodes: view.nodes, knownNodes: view.known })
     this.#unplaced = unplaced
     const liveIds = new Set(view.nodes.map((n) => n.id))
+    const liveKey = [...liveIds].sort().join()
+    if (liveKey !== this.#liveKey) {
+      this.#liveKey = liveKey
+      this.#viewChangedAt = now
+    }
+    const viewSettled = now - this.#viewChangedAt >= (this.#init.viewSettleMs ?? 3_000)
 
     // Every replica's status, cluster-wide, for update turns and hand-overs.
     const statuses = new Map<string, Array<{ peer: string; value: StatusValue }>>()
@@ -310,7 +324,7 @@ export class Scheduler {
       const handedOver = owner !== undefined && statusOn(name, owner)?.state === 'running'
       const waited = now - since
       if (
-        (handedOver && waited >= (this.#init.stopDelayMs ?? 1_000)) ||
+        (handedOver && viewSettled && waited >= (this.#init.stopDelayMs ?? 1_000)) ||
         waited >= (this.#init.handoverTimeoutMs ?? 10_000) ||
         owner === undefined
       )
