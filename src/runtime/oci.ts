@@ -347,7 +347,10 @@ export function ociConfig(input: ContainerProcessSpec): OciConfig {
 
 // $1 the lock, $2 the file that says the network is made. The lock is only taken while the network is not
 // there yet: a shell is the only exec then. `flock -s` on an fd waits for the pause's exclusive lock.
-const GATE_SCRIPT = '[ -e "$2" ] || { exec 7<"$1" && flock -s 7 && [ -e "$2" ]; }'
+// The container's state, which the runtime writes on stdin, is read to the end first: a hook that exits
+// before kills crun with SIGPIPE (seen: "read from the init process", then status 141).
+const GATE_SCRIPT =
+  'while read -r _; do :; done; [ -e "$2" ] || { exec 7<"$1" && flock -s 7 && [ -e "$2" ]; }'
 
 /**
  * `config` with a `createRuntime` hook that holds the program back until the pause process has made the

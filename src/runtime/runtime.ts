@@ -143,8 +143,10 @@ interface Ctr {
   shimCgroup: Promise<void>
   /** Everything but the network and the processes: files, cgroups, roots, the pause spawned. */
   prepared: Promise<void>
-  /** Its files are written and its pause is spawned (#prepareContainer). */
+  /** Its pause is spawned (#prepareContainer). */
   made: Promise<void>
+  /** Its hostname, hosts and resolv.conf are written. */
+  files: Promise<void>
   /** Aborted when the container is removed: ends its log followers. */
   removed: AbortController
 }
@@ -336,13 +338,15 @@ export class ContainerRuntime implements Runtime {
       // The record is on disk before the create returns, written while the container is made: an fsync on
       // an SD card takes tens of ms. A crash before the record exists leaves parts nobody wants, which the
       // next start sweeps (the caller saw no success); after, the next start adopts or finishes it.
+      const ctr = newCtr(record)
+      this.#containers.set(spec.name, ctr)
+      // Its first steps queued before the record's: the fsync takes a threadpool thread for a while.
+      const up = this.#bringUp(ctr, false)
       const durable = writeFileAtomic(this.#names.specFile(spec.name), JSON.stringify(record)).then(
         () => undefined,
         (err: unknown) => err,
       )
-      const ctr = newCtr(record)
-      this.#containers.set(spec.name, ctr)
-      await this.#bringUp(ctr, false)
+      await up
       const failed = await durable
       if (failed !== undefined) {
         await this.#teardown(ctr)
@@ -526,7 +530,7 @@ export class ContainerRuntime implements Runtime {
     ctr.made = this.#prepareContainer(ctr, fifos, !adopting)
     ctr.made.catch(() => {})
     const prepared = Promise.all([
-      ctr.made,
+      ctr.made.then(() => ctr.files),
       ctr.shimCgroup,
       ...spec.processes.map((ps) => this.#prepareProcess(ctr, ps, logDir)),
     ]).then(() => undefined)
@@ -717,6 +721,7 @@ export class ContainerRuntime implements Runtime {
     await mkdir(dir, { recursive: true, mode: 0o711 })
     if (this.kind === 'process') return { ready: Promise.resolve(), network: Promise.resolve() }
     const hostname = spec.hostname ?? spec.name
+    // Awaited with the rest of the preparation (ctr.prepared): the pause need not wait for them.
     const files = Promise.all([
       writeFile(join(dir, 'hostname'), renderHostname(hostname)),
       writeFile(join(dir, 'hosts'), renderHosts(hostname, ip === null ? [] : [{ ip, names: [hostname] }])),
@@ -724,7 +729,9 @@ export class ContainerRuntime implements Runtime {
         join(dir, 'resolv.conf'),
         renderResolvConf({ nameservers: [bridgeAddress(this.#subnet)], search: ['km1s.internal'] }),
       ),
-    ])
+    ]).then(() => undefined)
+    ctr.files = files
+    files.catch(() => {})
     if (fresh && ip !== null) {
       // The fast path: the pause process makes the namespace and runs attachContainer's own plan in one
       // spawn, telling its stages on a pipe. Should it fail before the namespaces are there,
@@ -760,13 +767,11 @@ export class ContainerRuntime implements Runtime {
         },
         () => {},
       )
-      await files
       return { ready, network }
     }
     if (ip !== null) await this.#attach(spec.name, ip)
     const pause = await this.#ensurePause(spec.name, hostname, fifos)
     ctr.pausePid = pause.pid
-    await files
     return { ready: pause.ready, network: pause.ready }
   }
 
@@ -1087,6 +1092,7 @@ export class ContainerRuntime implements Runtime {
         return
       }
       let pauseInConfig: number | null = null
+      let configGated = false
       if (this.kind === 'oci') {
         if (!proc.cgroupReady) {
           await Promise.all([cgroups.ensure(path, proc.spec.limits), cgroups.ensure(shimPath, SHIM_LIMITS)])
@@ -1110,6 +1116,7 @@ export class ContainerRuntime implements Runtime {
           }
         }
         pauseInConfig = ctr.pausePid
+        configGated = ctr.netGate !== undefined
         await writeFile(join(dir, 'config.json'), JSON.stringify(this.#gatedConfig(ctr, proc.spec)))
         proc.oomBaseline = kills
       } else {
@@ -1146,9 +1153,15 @@ export class ContainerRuntime implements Runtime {
         // Should the fast path have given way to the fallback, the config names a pause that is gone: the
         // shim ends without running anything and #bringUp starts the process again.
         proc.io.then(
-          () => {
+          async () => {
             const current = ctr.pausePid === pauseInConfig
             if (!current) ctr.stranded = true
+            // The network may be made by now (many creates at once): then no hook, one exec fewer.
+            if (current && configGated && ctr.netGate === undefined) {
+              await writeFile(join(dir, 'config.json'), JSON.stringify(this.#config(ctr, proc.spec))).catch(
+                () => {},
+              )
+            }
             shim.release(current && !proc.stopping && !this.#stopped)
           },
           () => shim.release(false),
@@ -1285,10 +1298,12 @@ export class ContainerRuntime implements Runtime {
     if (pid !== null) killQuietly(pid, 'SIGTERM')
     // A PID 1 drops a signal it has no handler for yet: a TERM that arrives while crun still prepares the
     // container, or before catatonit set up its handlers, is lost (seen: a stop right after a create
-    // waited the whole grace). A young process gets it again, twice.
+    // waited the whole grace). A young process gets it again, a few times.
     const young = Date.now() - proc.startedAt < 2_000
+    // Early and often: the create returns as soon as crun wrote the pid file, before catatonit has its
+    // handlers (a stop right after a create waited 100 ms for the first resend).
     const resend = young
-      ? [100, 400].map((ms) =>
+      ? [5, 20, 50, 100, 400].map((ms) =>
           setTimeout(() => {
             if (pid !== null && proc.shimPid !== null) killQuietly(pid, 'SIGTERM')
           }, ms),
@@ -1359,6 +1374,7 @@ function newCtr(record: ContainerRecord): Ctr {
     shimCgroup: Promise.resolve(),
     prepared: Promise.resolve(),
     made: Promise.resolve(),
+    files: Promise.resolve(),
     removed: new AbortController(),
   }
 }

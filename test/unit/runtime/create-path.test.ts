@@ -98,6 +98,19 @@ describe('start gate (createRuntime hook)', () => {
     assert.equal(run(hookArgv(join(dir, 'absent-lock'), ready)).status, 0)
   })
 
+  it('reads the state the runtime writes on its stdin to the end: exiting first would kill crun (SIGPIPE)', () => {
+    const ready = join(dir, 'ready-state')
+    writeFileSync(ready, '')
+    const argv = hookArgv(join(dir, 'absent-lock'), ready)
+    const r = spawnSync(argv[0] as string, argv.slice(1), {
+      input: `{"ociVersion":"1.0.2","pad":"${'x'.repeat(256 * 1024)}"}`,
+      env: { PATH },
+      timeout: 10_000,
+    })
+    assert.equal(r.error, undefined)
+    assert.equal(r.status, 0)
+  })
+
   it('waits while the pause holds the lock, passes once it made the network, fails when it gave up', async () => {
     const lock = join(dir, 'lock-2')
     const ready = join(dir, 'ready-2')
