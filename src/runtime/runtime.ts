@@ -970,12 +970,14 @@ export class ContainerRuntime implements Runtime {
   }
 
   /**
-   * The config; while the pause still makes the network, with the start gate, and the network namespace
-   * by the pause's pid: it is named only once the network is made.
+   * The config of a gated start (a new container): the network namespace by the pause's pid — it has no
+   * name yet, and crun's wrapper, spawned early, has a private mount namespace that will never see the
+   * name's mount (seen: "cannot setns `/run/netns/…`: Invalid argument") — and the start gate while the
+   * pause still makes the network.
    */
-  #gatedConfig(ctr: Ctr, spec: ProcessSpec) {
-    if (ctr.netGate === undefined) return this.#config(ctr, spec)
-    return withStartGate(this.#config(ctr, spec, `/proc/${ctr.pausePid}/ns/net`), ctr.netGate)
+  #gatedConfig(ctr: Ctr, spec: ProcessSpec, pause: number) {
+    const config = this.#config(ctr, spec, `/proc/${pause}/ns/net`)
+    return ctr.netGate === undefined ? config : withStartGate(config, ctr.netGate)
   }
 
   /** Where args[0] is on this host, as the container will see it; undefined when nothing is there. */
@@ -1050,17 +1052,18 @@ export class ContainerRuntime implements Runtime {
         argv = [...oci.wrapper, ...runArgv]
         env = { PATH: DEFAULT_PATH_ENV }
         if (gated) {
-          await ctr.shimCgroup
           cgroupProcs = (await cgroups.limitDirs(shimPath)).map((d) => join(d, 'cgroup.procs'))
           proc.startedAt = Date.now()
-          early = spawnShim({
+          const shim = spawnShim({
             dir,
             cgroupProcs,
-            argv: [...oci.wrapper, ...gateArgv(dir), ...runArgv],
+            argv: [...oci.wrapper, ...gateArgv(dir, cgroupProcs), ...runArgv],
             env,
             cwd,
             gated: true,
           })
+          early = shim
+          ctr.shimCgroup.then(shim.cgroupsReady, () => shim.release(false))
         }
       } else {
         // The inner sh records the pid of the command itself (it execs into it), for signals and exec.
@@ -1117,7 +1120,10 @@ export class ContainerRuntime implements Runtime {
         }
         pauseInConfig = ctr.pausePid
         configGated = ctr.netGate !== undefined
-        await writeFile(join(dir, 'config.json'), JSON.stringify(this.#gatedConfig(ctr, proc.spec)))
+        const config = gated
+          ? this.#gatedConfig(ctr, proc.spec, pauseInConfig as number)
+          : this.#config(ctr, proc.spec)
+        await writeFile(join(dir, 'config.json'), JSON.stringify(config))
         proc.oomBaseline = kills
       } else {
         await proc.io
@@ -1158,9 +1164,8 @@ export class ContainerRuntime implements Runtime {
             if (!current) ctr.stranded = true
             // The network may be made by now (many creates at once): then no hook, one exec fewer.
             if (current && configGated && ctr.netGate === undefined) {
-              await writeFile(join(dir, 'config.json'), JSON.stringify(this.#config(ctr, proc.spec))).catch(
-                () => {},
-              )
+              const config = this.#gatedConfig(ctr, proc.spec, pauseInConfig as number)
+              await writeFile(join(dir, 'config.json'), JSON.stringify(config)).catch(() => {})
             }
             shim.release(current && !proc.stopping && !this.#stopped)
           },

@@ -19,41 +19,54 @@ export const SHIM_FILES = {
 
 // $1 the process directory; $2 a colon-separated list of cgroup.procs files to join first (or empty); $3
 // `gated` or empty; then the command. `trap :` rather than `trap ''`: an ignored signal would be inherited
-// by the command. Gated, the command holds a gate (gateArgv) that waits for the agent's `go`, which comes
-// on the shim's stdin (passed on as fd 5); a gate that was not let through exits NOT_RUN before anything
-// ran, and then there is no exit status to record: a later agent sees a start cut short.
+// by the command.
+//
+// Gated, the shim is spawned before its cgroups and the container's namespaces exist, to pay for its own
+// exec and crun's wrapper meanwhile. The command then holds a gate (gateArgv) that reads the agent's lines
+// from the shim's stdin (passed on as fd 5): `cg` — the cgroups exist: it moves the shim and itself (the
+// future crun) into them; `go` — run. Any other line, or the end of stdin (the agent died), and the gate
+// exits NOT_RUN before anything ran; then there is no exit status to record, and a later agent sees a
+// start cut short.
 const NOT_RUN = 199
 const SCRIPT = [
   'd=$1; cgs=$2; g=$3; shift 3',
   'trap : HUP INT TERM QUIT',
-  'IFS=:; for f in $cgs; do echo $$ > "$f" || exit 125; done; unset IFS',
-  'echo $$ > "$d/shim.pid"',
   'if [ -n "$g" ]; then',
+  '  echo $$ > "$d/shim.pid"',
   '  exec 5<&0 </dev/null',
-  '  "$@"; s=$?',
+  '  KM1S_SHIM=$$ "$@"; s=$?',
   'else',
+  '  IFS=:; for f in $cgs; do echo $$ > "$f" || exit 125; done; unset IFS',
+  '  echo $$ > "$d/shim.pid"',
   '  exec 3<>"$d/stdout" 4<>"$d/stderr"',
   '  "$@" </dev/null >&3 2>&4 3>&- 4>&-; s=$?',
   'fi',
   `[ "$s" = ${NOT_RUN} ] && [ -n "$g" ] && [ ! -s "$d/pid" ] || echo $s > "$d/exit"`,
 ].join('\n')
 
-// $1 the process directory, then the command. Both FIFOs opened read-write, as the ungated shim does: while
-// no agent reads, the process blocks on a full pipe instead of dying of EPIPE.
+// $1 the process directory, $2 the cgroup.procs files, then the command. The shim is moved only while it
+// is still this gate's parent (a pid that is not the shim's is never moved). Both FIFOs are opened
+// read-write, as the ungated shim does: while no agent reads, the process blocks on a full pipe instead of
+// dying of EPIPE.
 const GATE = [
-  'd=$1; shift',
+  'd=$1; cgs=$2; shift 2',
+  `read -r c <&5; [ "$c" = cg ] || exit ${NOT_RUN}`,
+  `[ "$PPID" = "$KM1S_SHIM" ] || exit ${NOT_RUN}`,
+  'IFS=:; for f in $cgs; do echo "$KM1S_SHIM" > "$f" && echo $$ > "$f" || exit 125; done; unset IFS',
   'read -r go <&5; exec 5<&-',
   `[ "$go" = go ] || exit ${NOT_RUN}`,
+  'unset KM1S_SHIM',
   'exec 1<>"$d/stdout" 2<>"$d/stderr"',
   'exec "$@"',
 ].join('\n')
 
 /**
  * The gate of a gated shim's command, to put after whatever may run before the agent says go — for crun,
- * after its wrapper (detect.ts): the wrapper's execs then overlap the pause process making the namespaces.
+ * after its wrapper (detect.ts): the shim's exec and the wrapper's then overlap the cgroups being made and
+ * the pause process making the namespaces. `cgroupProcs` as for the shim.
  */
-export function gateArgv(dir: string): string[] {
-  return ['/bin/sh', '-c', GATE, 'km1s-gate', dir]
+export function gateArgv(dir: string, cgroupProcs: string[]): string[] {
+  return ['/bin/sh', '-c', GATE, 'km1s-gate', dir, cgroupProcs.join(':')]
 }
 
 export interface ShimCommand {
@@ -84,7 +97,12 @@ export function shimArgv(cmd: ShimCommand): string[] {
 export function spawnShim(cmd: ShimCommand): {
   pid: number
   exited: Promise<void>
-  /** A gated shim: run the command (true) or end without it (false). Once; nothing for an ungated one. */
+  /** A gated shim: its cgroups exist (it moves into them). Once, before release; nothing for an ungated one. */
+  cgroupsReady: () => void
+  /**
+   * A gated shim: run the command (true; its cgroups must exist by then) or end without it (false). Once;
+   * nothing for an ungated one.
+   */
   release: (run: boolean) => void
 } {
   const [file, ...args] = shimArgv(cmd)
@@ -101,14 +119,21 @@ export function spawnShim(cmd: ShimCommand): {
   // A shim that ended meanwhile makes the write fail with EPIPE: nothing to do about it.
   child.stdin?.on('error', () => {})
   ;(child.stdin as Socket | null)?.unref()
+  let moved = false
   let released = false
+  const cgroupsReady = () => {
+    if (moved || released || child.stdin === null) return
+    moved = true
+    child.stdin.write('cg\n')
+  }
+  // The caller lets it run only once the cgroups exist: `cg` goes first if it was not sent yet.
   const release = (run: boolean) => {
     if (released || child.stdin === null) return
     released = true
-    child.stdin.end(run ? 'go\n' : 'no\n')
+    child.stdin.end(run ? `${moved ? '' : 'cg\n'}go\n` : 'no\n')
   }
   child.unref()
-  return { pid: child.pid ?? -1, exited, release }
+  return { pid: child.pid ?? -1, exited, cgroupsReady, release }
 }
 
 export function shimFile(dir: string, name: keyof typeof SHIM_FILES): string {

@@ -167,7 +167,7 @@ describe('gated shim', () => {
     const argv = shimArgv({
       dir: d,
       cgroupProcs: [],
-      argv: gated ? [...gateArgv(d), ...command] : command,
+      argv: gated ? [...gateArgv(d, [join(d, 'procs-a'), join(d, 'procs-b')]), ...command] : command,
       env: { PATH },
       cwd: '/',
       gated,
@@ -185,8 +185,16 @@ describe('gated shim', () => {
     reader.stdout.on('data', (c) => {
       out += String(c)
     })
-    const r = run(argv, 'go\n')
+    const r = run(argv, 'cg\ngo\n')
     assert.equal(r.status, 0)
+    // It moved the shim, then itself, into each "cgroup" (plain files here): two pids, the shim's first.
+    const shimPid = readFileSync(join(d, 'shim.pid'), 'utf8').trim()
+    for (const f of ['procs-a', 'procs-b']) assert.equal(readFileSync(join(d, f), 'utf8').trim() !== '', true)
+    assert.equal(
+      readFileSync(join(d, 'procs-a'), 'utf8').trim(),
+      readFileSync(join(d, 'procs-b'), 'utf8').trim(),
+    )
+    assert.notEqual(shimPid, '')
     assert.equal(readFileSync(join(d, 'exit'), 'utf8').trim(), '3')
     assert.ok(existsSync(join(d, 'shim.pid')))
     return new Promise<void>((resolve) => {
@@ -200,8 +208,10 @@ describe('gated shim', () => {
 
   it('runs nothing and records no status without go: a later agent sees a start cut short', () => {
     for (const [name, input] of [
-      ['no', 'no\n'],
-      ['eof', ''],
+      ['no', 'cg\nno\n'],
+      ['eof', 'cg\n'],
+      ['nothing', ''],
+      ['go-unmoved', 'go\n'],
     ] as const) {
       const marker = join(dir, `${name}-ran`)
       const { d, argv } = shim(name, true, ['/bin/sh', '-c', `: > "${marker}"`])
