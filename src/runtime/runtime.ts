@@ -737,12 +737,16 @@ export class ContainerRuntime implements Runtime {
       // spawn, telling its stages on a pipe. Should it fail before the namespaces are there,
       // attachContainer observes and repairs, and a pause that only holds UTS and IPC is made as after a
       // restart; should it fail after, #bringUp repairs.
+      let first = -1
       const fallback = async (err: unknown) => {
         this.#log.warn(
           { container: spec.name, err: errorMessage(err) },
           'making the network at once failed; repairing',
         )
         ctr.netGate = undefined
+        // Given up on (it did not start in time): it must not finish later and claim pause.pid.
+        if (first > 0 && (isPauseOf(first, this.#names.pauseCgroup(spec.name)) || isArgvOf(first, dir)))
+          killQuietly(first, 'SIGKILL')
         await this.#attach(spec.name, ip)
         const pause = await this.#ensurePause(spec.name, hostname, fifos)
         ctr.pausePid = pause.pid
@@ -751,8 +755,11 @@ export class ContainerRuntime implements Runtime {
       let pause: SpawnedPause
       try {
         pause = await this.#ensurePause(spec.name, hostname, fifos, ip)
+        first = pause.pid
       } catch (err) {
-        pause = { pid: -1, ready: Promise.reject(err), network: Promise.reject(err), cgroupsReady: () => {} }
+        const failed = Promise.reject(err)
+        failed.catch(() => {})
+        pause = { pid: -1, ready: failed, network: failed, cgroupsReady: () => {} }
       }
       ctr.pausePid = pause.pid > 0 ? pause.pid : null
       ctr.netGate = { lock: pauseFile(dir, 'lock'), ready: pauseFile(dir, 'ready') }
@@ -1426,6 +1433,15 @@ function isShimOf(pid: number, dir: string): boolean {
   try {
     const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')
     return argv.includes('km1s-shim') && argv.includes(dir)
+  } catch {
+    return false
+  }
+}
+
+/** The pid's argv names `dir` (a pause or shim still in its shell), not a stranger that got the pid. */
+function isArgvOf(pid: number, dir: string): boolean {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').includes(dir)
   } catch {
     return false
   }
