@@ -139,6 +139,8 @@ interface Ctr {
   netGate: { lock: string; ready: string } | undefined
   /** A gated shim was let go without running: the pause it was made for gave way to the fallback. */
   stranded: boolean
+  /** Being created (not adopted): its processes' first starts take the gated path. */
+  fresh: boolean
   /** The container's shim cgroup exists with its limits. */
   shimCgroup: Promise<void>
   /** Everything but the network and the processes: files, cgroups, roots, the pause spawned. */
@@ -514,6 +516,7 @@ export class ContainerRuntime implements Runtime {
       const dir = this.#names.processDir(spec.name, ps.name)
       return [shimFile(dir, 'stdout'), shimFile(dir, 'stderr')]
     })
+    ctr.fresh = !adopting && this.kind === 'oci' && ctr.record.ip !== null
     if (this.#cgroups) ctr.shimCgroup = this.#cgroups.ensure(this.#names.shimCgroup(spec.name), SHIM_LIMITS)
     ctr.shimCgroup.catch(() => {})
     try {
@@ -549,6 +552,8 @@ export class ContainerRuntime implements Runtime {
       : Promise.all([...ctr.procs.values()].map((proc) => this.#startProcess(proc)))
     // Observed below, after the preparation: a start that fails meanwhile must not count as unhandled.
     starts.catch(() => {})
+    // Decided: the first starts above are gated; any later one (a restart, the repair) is not.
+    ctr.fresh = false
     try {
       await prepared
     } catch (err) {
@@ -1036,11 +1041,11 @@ export class ContainerRuntime implements Runtime {
     proc.nextStartAt = null
     proc.pid = null
     const dir = this.#names.processDir(proc.container, proc.spec.name)
-    await ctr.made.catch(() => {})
-    // A new container whose pause is still making the namespaces: its pid is known, so the config can name
-    // them already, and the shim is spawned at once, gated, to run crun once they exist (shim.ts). Its
-    // directory is new: no files of an earlier start to remove.
-    const gated = this.kind === 'oci' && ctr.netGate !== undefined && ctr.pausePid !== null
+    // A new container: the shim is spawned at once, before the pause (both spawns cost the agent's main
+    // thread milliseconds, and the shim's chain — its exec, crun's wrapper, its cgroup moves — is the
+    // longer), gated, to run crun once the namespaces exist (shim.ts). The config names them by the
+    // pause's pid, known once it is spawned. Its directory is new: no files of an earlier start to remove.
+    const gated = this.kind === 'oci' && ctr.fresh
     let early: ReturnType<typeof spawnShim> | undefined
     let committed = false
     try {
@@ -1127,6 +1132,11 @@ export class ContainerRuntime implements Runtime {
         }
         pauseInConfig = ctr.pausePid
         configGated = ctr.netGate !== undefined
+        if (gated && pauseInConfig === null) {
+          // The fast path's pause could not be spawned: the fallback makes another; start again then.
+          ctr.stranded = true
+          return
+        }
         const config = gated
           ? this.#gatedConfig(ctr, proc.spec, pauseInConfig as number)
           : this.#config(ctr, proc.spec)
@@ -1383,6 +1393,7 @@ function newCtr(record: ContainerRecord): Ctr {
     network: Promise.resolve(),
     netGate: undefined,
     stranded: false,
+    fresh: false,
     shimCgroup: Promise.resolve(),
     prepared: Promise.resolve(),
     made: Promise.resolve(),
