@@ -141,6 +141,9 @@ interface Ctr {
   stranded: boolean
   /** Being created (not adopted): its processes' first starts take the gated path. */
   fresh: boolean
+  /** Resolves once the first gated shim is spawned (or will not be): the pause is spawned next. */
+  shimSpawned: Promise<void>
+  shimSpawnedNow: () => void
   /** The container's shim cgroup exists with its limits. */
   shimCgroup: Promise<void>
   /** Everything but the network and the processes: files, cgroups, roots, the pause spawned. */
@@ -517,6 +520,10 @@ export class ContainerRuntime implements Runtime {
       return [shimFile(dir, 'stdout'), shimFile(dir, 'stderr')]
     })
     ctr.fresh = !adopting && this.kind === 'oci' && ctr.record.ip !== null
+    const spawned = Promise.withResolvers<void>()
+    ctr.shimSpawned = spawned.promise
+    ctr.shimSpawnedNow = () => spawned.resolve()
+    if (!ctr.fresh) spawned.resolve()
     if (this.#cgroups) ctr.shimCgroup = this.#cgroups.ensure(this.#names.shimCgroup(spec.name), SHIM_LIMITS)
     ctr.shimCgroup.catch(() => {})
     try {
@@ -552,8 +559,10 @@ export class ContainerRuntime implements Runtime {
       : Promise.all([...ctr.procs.values()].map((proc) => this.#startProcess(proc)))
     // Observed below, after the preparation: a start that fails meanwhile must not count as unhandled.
     starts.catch(() => {})
-    // Decided: the first starts above are gated; any later one (a restart, the repair) is not.
+    // Decided: the first starts above are gated; any later one (a restart, the repair) is not. A start
+    // that returned before its spawn must not leave the pause waiting for it.
     ctr.fresh = false
+    starts.finally(ctr.shimSpawnedNow).catch(() => {})
     try {
       await prepared
     } catch (err) {
@@ -723,7 +732,14 @@ export class ContainerRuntime implements Runtime {
   ): Promise<{ ready: Promise<void>; network: Promise<void> }> {
     const { spec, ip } = ctr.record
     const dir = this.#names.containerDir(spec.name)
-    await mkdir(dir, { recursive: true, mode: 0o711 })
+    if (fresh && ip !== null && this.kind === 'oci') {
+      // Its directory exists (the processes' directories are in it). The pause is spawned right after
+      // the first shim: with twenty creates at once, each container's two spawns then come together
+      // instead of twenty shims first, and the shim's chain, the longer, starts first.
+      await ctr.shimSpawned
+    } else {
+      await mkdir(dir, { recursive: true, mode: 0o711 })
+    }
     if (this.kind === 'process') return { ready: Promise.resolve(), network: Promise.resolve() }
     const hostname = spec.hostname ?? spec.name
     // Awaited with the rest of the preparation (ctr.prepared): the pause need not wait for them.
@@ -1076,6 +1092,7 @@ export class ContainerRuntime implements Runtime {
           })
           early = shim
           ctr.shimCgroup.then(shim.cgroupsReady, () => shim.release(false))
+          ctr.shimSpawnedNow()
         }
       } else {
         // The inner sh records the pid of the command itself (it execs into it), for signals and exec.
@@ -1199,6 +1216,7 @@ export class ContainerRuntime implements Runtime {
     } finally {
       // A gated shim that is not to run (a bad program, a stop meanwhile, a failure) ends without it.
       if (early !== undefined && !committed) early.release(false)
+      if (gated) ctr.shimSpawnedNow()
     }
   }
 
@@ -1394,6 +1412,8 @@ function newCtr(record: ContainerRecord): Ctr {
     netGate: undefined,
     stranded: false,
     fresh: false,
+    shimSpawned: Promise.resolve(),
+    shimSpawnedNow: () => {},
     shimCgroup: Promise.resolve(),
     prepared: Promise.resolve(),
     made: Promise.resolve(),
