@@ -7,7 +7,7 @@
 //           (the network namespace by /proc/<pid>/ns/net: it has no name yet);
 //   `net` — the network namespace is named and the network made (only with a network plan).
 // Between the two, the pause holds an exclusive flock on `net.lock` in the container directory; the
-// processes' `createRuntime` hook (startGateHook) takes it shared, so their programs start only once the
+// processes' `createRuntime` hook (withStartGate, oci.ts) takes it shared, so their programs start only once the
 // network is there — and never wait for a pause that died, since a dead process holds no lock.
 import { spawn } from 'node:child_process'
 import type { Socket } from 'node:net'
@@ -30,7 +30,7 @@ export interface PauseRequest {
   /** The container directory: pause.pid, net.lock and net.ready go there. */
   dir: string
   hostname: string
-  /** cgroup.procs files the pause writes itself into before anything else. */
+  /** cgroup.procs files the pause writes itself into, in the background, once told they exist. */
   cgroupProcs: string[]
   /** FIFOs to make (mkfifo -m 0600) before the `ns` stage. */
   fifos: string[]
