@@ -53,7 +53,7 @@ import {
   withStartGate,
 } from './oci.ts'
 import { type PauseNetwork, pauseFile, type SpawnedPause, spawnPause } from './pause.ts'
-import { gateArgv, shimFile, spawnShim, waitForPidFile } from './shim.ts'
+import { gatedCommand, shimFile, spawnShim, waitForPidFile } from './shim.ts'
 import {
   ContainerSpec,
   type ContainerSpecInput,
@@ -1085,7 +1085,7 @@ export class ContainerRuntime implements Runtime {
           const shim = spawnShim({
             dir,
             cgroupProcs,
-            argv: [...oci.wrapper, ...gateArgv(dir, cgroupProcs), ...runArgv],
+            argv: gatedCommand(oci.wrapper, dir, cgroupProcs, runArgv),
             env,
             cwd,
             gated: true,

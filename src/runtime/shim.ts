@@ -8,6 +8,7 @@ import { type FSWatcher, watch } from 'node:fs'
 import { readFile } from 'node:fs/promises'
 import type { Socket } from 'node:net'
 import { basename, dirname, join } from 'node:path'
+import { HYBRID_SCRIPT } from './detect.ts'
 
 export const SHIM_FILES = {
   shimPid: 'shim.pid',
@@ -67,6 +68,31 @@ const GATE = [
  */
 export function gateArgv(dir: string, cgroupProcs: string[]): string[] {
   return ['/bin/sh', '-c', GATE, 'km1s-gate', dir, cgroupProcs.join(':')]
+}
+
+/**
+ * A gated shim's command: `wrapper`, the gate, `run`. The hybrid wrapper (detect.ts) is itself a shell that
+ * ends in `exec "$@"`: the gate then runs in that shell, one exec fewer on the shim's chain.
+ */
+export function gatedCommand(wrapper: string[], dir: string, cgroupProcs: string[], run: string[]): string[] {
+  const [unshare, m, propagation, mode, sh, c, script, v2Mount] = wrapper
+  if (wrapper.length === 8 && sh === '/bin/sh' && c === '-c' && script === HYBRID_SCRIPT && v2Mount) {
+    const merged = `umount "$0" || exit\n${GATE}`
+    return [
+      unshare,
+      m,
+      propagation,
+      mode,
+      sh,
+      c,
+      merged,
+      v2Mount,
+      dir,
+      cgroupProcs.join(':'),
+      ...run,
+    ] as string[]
+  }
+  return [...wrapper, ...gateArgv(dir, cgroupProcs), ...run]
 }
 
 export interface ShimCommand {

@@ -8,9 +8,10 @@ import { writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, describe, it } from 'node:test'
+import { hybridWrapper } from '../../../src/runtime/detect.ts'
 import { ociConfig, withStartGate } from '../../../src/runtime/oci.ts'
 import { pauseCommand, pauseFailure, pauseStages } from '../../../src/runtime/pause.ts'
-import { gateArgv, shimArgv, waitForPidFile } from '../../../src/runtime/shim.ts'
+import { gateArgv, gatedCommand, shimArgv, waitForPidFile } from '../../../src/runtime/shim.ts'
 
 const PATH = '/usr/local/bin:/usr/bin:/bin'
 const dir = mkdtempSync(join(tmpdir(), 'km1s-createpath-'))
@@ -219,6 +220,49 @@ describe('gated shim', () => {
       assert.equal(existsSync(marker), false)
       assert.equal(existsSync(join(d, 'exit')), false)
     }
+  })
+
+  it("runs the gate in the hybrid wrapper's own shell: one exec fewer", () => {
+    const run = ['/usr/bin/crun', 'run', 'x']
+    const plain = gatedCommand([], '/d', ['/c'], run)
+    assert.deepEqual(plain, [...gateArgv('/d', ['/c']), ...run])
+    const merged = gatedCommand(
+      hybridWrapper('/usr/bin/unshare', '/sys/fs/cgroup/unified'),
+      '/d',
+      ['/c'],
+      run,
+    )
+    assert.equal(merged.filter((a) => a === '/bin/sh').length, 1)
+    assert.deepEqual(merged.slice(0, 6), [
+      '/usr/bin/unshare',
+      '-m',
+      '--propagation',
+      'private',
+      '/bin/sh',
+      '-c',
+    ])
+    assert.deepEqual(merged.slice(7), ['/sys/fs/cgroup/unified', '/d', '/c', ...run])
+    // The merged shell, run without its unshare and with an umount that only says what it was given.
+    const bin = join(dir, 'fake-bin')
+    spawnSync('mkdir', ['-p', bin])
+    writeFileSync(join(bin, 'umount'), `#!/bin/sh\necho "$1" > ${join(dir, 'umounted')}\n`, { mode: 0o755 })
+    const { d, argv } = shim('merged', true, [])
+    const shimPart = argv.slice(0, argv.indexOf('gated') + 1)
+    const cmd = gatedCommand(
+      hybridWrapper('/usr/bin/unshare', '/sys/fs/cgroup/unified'),
+      d,
+      [join(d, 'procs')],
+      ['/bin/sh', '-c', 'echo ran'],
+    ).slice(4)
+    const r = spawnSync(shimPart[0] as string, [...shimPart.slice(1), ...cmd], {
+      input: 'cg\ngo\n',
+      env: { PATH: `${bin}:${PATH}` },
+      timeout: 10_000,
+    })
+    assert.equal(r.status, 0)
+    assert.equal(readFileSync(join(dir, 'umounted'), 'utf8').trim(), '/sys/fs/cgroup/unified')
+    assert.equal(readFileSync(join(d, 'exit'), 'utf8').trim(), '0')
+    assert.notEqual(readFileSync(join(d, 'procs'), 'utf8').trim(), '')
   })
 
   it('ungated, runs at once as before', () => {
