@@ -59,17 +59,18 @@ async function prepareBase(base: string): Promise<void> {
   for (const f of ['hosts', 'hostname', 'resolv.conf']) writeFileSync(join(base, f), 'x\n')
 }
 
-/** Bare crun: the same binary, a read-only root with the host's system paths, new namespaces, limits. */
-async function bareCrun(runs: number): Promise<{ run: number[]; stop: number[] }> {
+/**
+ * Bare crun: the same binary, a read-only root with the host's system paths, new namespaces, limits. One
+ * `run` of it (and its kill + delete) at a time, so that the caller can interleave them with km1s's.
+ */
+async function bareCrun() {
   const oci = await detectOciRuntime()
   if (oci.binary === null) throw new Error(`no OCI runtime: ${oci.reason}`)
   const base = `/tmp/km1s-bench-bare-${process.pid}`
   await prepareBase(base)
   const argv = (...a: string[]) => [...oci.wrapper, oci.binary as string, ...a]
-  const run: number[] = []
-  const stop: number[] = []
-  try {
-    for (let i = 0; i < runs; i++) {
+  return {
+    once(i: number): { run: number; stop: number } {
       const id = `km1s-bench-bare-${process.pid}-${i}`
       writeFileSync(join(base, 'config.json'), bareConfig(base, id))
       const [file, ...args] = argv('run', '-d', '--bundle', base, id)
@@ -77,7 +78,7 @@ async function bareCrun(runs: number): Promise<{ run: number[]; stop: number[] }
       // Files, not pipes: the detached container inherits crun's stdio and would hold a pipe open forever.
       const err = openSync(join(base, 'stderr'), 'w')
       const r = spawnSync(file as string, args, { stdio: ['ignore', 'ignore', err] })
-      run.push(performance.now() - t)
+      const run = performance.now() - t
       closeSync(err)
       if (r.status !== 0) throw new Error(`bare crun failed: ${readFileSync(join(base, 'stderr'), 'utf8')}`)
       const [kf, ...ka] = argv('kill', id, 'KILL')
@@ -85,23 +86,11 @@ async function bareCrun(runs: number): Promise<{ run: number[]; stop: number[] }
       t = performance.now()
       spawnSync(kf as string, ka, { stdio: 'ignore' })
       spawnSync(df as string, da, { stdio: 'ignore' })
-      stop.push(performance.now() - t)
-    }
-  } finally {
-    rmSync(base, { recursive: true, force: true })
-  }
-  return { run, stop }
-}
-
-/** The same, BATCH at once (each from its own bundle), as km1s is asked for BATCH at once. */
-async function bareCrunBatch(rounds: number): Promise<number[]> {
-  const oci = await detectOciRuntime()
-  const base = `/tmp/km1s-bench-batch-${process.pid}`
-  await prepareBase(base)
-  const argv = (...a: string[]) => [...oci.wrapper, oci.binary as string, ...a]
-  const times: number[] = []
-  try {
-    for (let r = 0; r < rounds; r++) {
+      return { run, stop: performance.now() - t }
+    },
+    /** BATCH at once (each from its own bundle), as km1s is asked for BATCH at once. */
+    async batch(r: number): Promise<number[]> {
+      const times: number[] = []
       const ids = Array.from({ length: BATCH }, (_, i) => `km1s-bench-batch-${process.pid}-${r}-${i}`)
       for (const id of ids) {
         const bundle = join(base, id)
@@ -125,12 +114,14 @@ async function bareCrunBatch(rounds: number): Promise<number[]> {
       for (const id of ids) {
         const [df, ...da] = argv('delete', '-f', id)
         spawnSync(df as string, da, { stdio: 'ignore' })
+        rmSync(join(base, id), { recursive: true, force: true })
       }
-    }
-  } finally {
-    rmSync(base, { recursive: true, force: true })
+      return times
+    },
+    close(): void {
+      rmSync(base, { recursive: true, force: true })
+    },
   }
-  return times
 }
 
 /**
@@ -152,21 +143,31 @@ function supervisionPss(runDir: string): number {
   return total
 }
 
-async function km1sLatencies(): Promise<{
-  single: number[]
-  batch: number[]
-  stop: number[]
-  leftovers: number
+/**
+ * km1s and bare crun, interleaved: one bare run, then one km1s create (and remove); one bare batch, then one
+ * km1s batch. Other load on the machine (the lab shares it) then weighs on both sides of each ratio alike.
+ */
+async function latencies(): Promise<{
+  bare: { run: number[]; stop: number[] }
+  bareBatch: number[]
+  km1s: { single: number[]; batch: number[]; stop: number[]; leftovers: number }
 }> {
+  const bare = await bareCrun()
   const h = await runtimeHarness('oci')
+  const b = { run: [] as number[], stop: [] as number[] }
+  const bareBatch: number[] = []
   const single: number[] = []
   const batch: number[] = []
   const stop: number[] = []
   try {
-    // Warm-up: the first create pays for the bridge and the caches.
+    // Warm-up: the first create pays for the bridge and the caches; the first bare run for its own.
+    bare.once(-1)
     await h.runtime.create(spec('warm'))
     await h.runtime.remove('warm')
     for (let i = 0; i < SINGLE_RUNS; i++) {
+      const one = bare.once(i)
+      b.run.push(one.run)
+      b.stop.push(one.stop)
       const t = performance.now()
       const s = await h.runtime.create(spec(`one-${i}`))
       single.push(performance.now() - t)
@@ -176,6 +177,7 @@ async function km1sLatencies(): Promise<{
       stop.push(performance.now() - t2)
     }
     for (let r = 0; r < BATCH_RUNS; r++) {
+      bareBatch.push(...(await bare.batch(r)))
       const names = Array.from({ length: BATCH }, (_, i) => `b${r}-${i}`)
       await Promise.all(
         names.map(async (n) => {
@@ -188,10 +190,11 @@ async function km1sLatencies(): Promise<{
       await Promise.all(names.map((n) => h.runtime.remove(n)))
     }
   } finally {
+    bare.close()
     await h.destroy()
   }
   const left = Object.values(census(h.instance, h.dir, undefined)).flat().length
-  return { single, batch, stop, leftovers: left }
+  return { bare: b, bareBatch, km1s: { single, batch, stop, leftovers: left } }
 }
 
 async function agentMemory(): Promise<{
@@ -233,11 +236,10 @@ async function main(): Promise<void> {
   log(
     `runtime benchmark (${quick ? 'quick' : 'full'}): ${SINGLE_RUNS} single creates, ${BATCH_RUNS}× ${BATCH} at once`,
   )
-  const bare = await bareCrun(SINGLE_RUNS)
-  log(`bare crun: p50 ${percentile(bare.run, 50).toFixed(1)} ms`)
-  const bareBatch = await bareCrunBatch(BATCH_RUNS)
-  const k = await km1sLatencies()
-  log(`km1s: p50 ${percentile(k.single, 50).toFixed(1)} ms`)
+  const { bare, bareBatch, km1s: k } = await latencies()
+  log(
+    `bare crun: p50 ${percentile(bare.run, 50).toFixed(1)} ms; km1s: p50 ${percentile(k.single, 50).toFixed(1)} ms`,
+  )
   const mem = await agentMemory()
   const perContainer = (mem.loaded - mem.idle) / mem.containers
   const bareP50 = percentile(bare.run, 50)

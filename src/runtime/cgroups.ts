@@ -162,6 +162,8 @@ export class Cgroups {
   #mountsText: string | undefined
   #hierarchies: Promise<CgroupHierarchies> | undefined
   #warned = new Set<string>()
+  /** Seen once: whether this kernel has swap accounting (memsw files). */
+  #v1MemoryFacts: { memsw: boolean } | undefined
 
   constructor(opts: CgroupsOptions) {
     this.root = opts.root ?? CGROUP_ROOT
@@ -344,10 +346,10 @@ export class Cgroups {
         `cgroup controllers ${missing.join(', ')} are not mounted: those limits are not set`,
       )
     const dirs = [...new Set([memory, cpu, pids])].filter((d) => d !== undefined)
-    await Promise.all(dirs.map((dir) => this.#mkdir(join(dir, path))))
+    const made = await Promise.all(dirs.map((dir) => this.#mkdir(join(dir, path))))
     // The three hierarchies are independent: written in parallel.
     await Promise.all([
-      this.#v1Memory(join(memory, path), path, limits.memoryBytes),
+      this.#v1Memory(join(memory, path), path, limits.memoryBytes, made[0] === true),
       cpu === undefined
         ? undefined
         : this.#write(join(cpu, path, 'cpu.cfs_period_us'), String(CPU_PERIOD_US)).then(() =>
@@ -357,13 +359,20 @@ export class Cgroups {
     ])
   }
 
-  async #v1Memory(mem: string, path: string, bytes: number): Promise<void> {
+  /**
+   * `fresh`: made just now, so unlimited — the write order is known without reading the limit, and whether
+   * the kernel has swap accounting and hierarchical accounting was seen in an earlier cgroup (three reads
+   * fewer for each of a container's three cgroups; twenty creates at once queue on libuv's four threads).
+   */
+  async #v1Memory(mem: string, path: string, bytes: number, fresh: boolean): Promise<void> {
     const memsw = join(mem, 'memory.memsw.limit_in_bytes')
+    const known = fresh ? this.#v1MemoryFacts : undefined
     const [hierarchical, hasMemsw, current] = await Promise.all([
-      readText(join(mem, 'memory.use_hierarchy')),
-      exists(memsw),
-      readNumber(join(mem, 'memory.limit_in_bytes')),
+      known ? '1' : readText(join(mem, 'memory.use_hierarchy')),
+      known ? known.memsw : exists(memsw),
+      known ? null : readNumber(join(mem, 'memory.limit_in_bytes')),
     ])
+    this.#v1MemoryFacts ??= { memsw: hasMemsw }
     if (hierarchical.trim() === '0')
       this.#warnOnce(
         'use-hierarchy',
@@ -490,9 +499,10 @@ export class Cgroups {
     return false
   }
 
-  async #mkdir(dir: string): Promise<void> {
+  /** True when it made `dir` itself (recursive mkdir names the first directory it made, if any). */
+  async #mkdir(dir: string): Promise<boolean> {
     try {
-      await mkdirFs(dir, { recursive: true })
+      return (await mkdirFs(dir, { recursive: true })) !== undefined
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code
       if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS')

@@ -79,8 +79,11 @@ export function detectOciRuntime(opts: DetectOptions = {}): Promise<OciRuntimeCh
  * The argv prefix that runs a program in a private mount namespace with the cgroup2 mount removed, so crun
  * sees a pure v1 layout. The mount path is passed as $0, never spliced into the script.
  */
+/** The shell of the hybrid wrapper: $0 the cgroup2 mount to drop, then the runtime's argv. */
+export const HYBRID_SCRIPT = 'umount "$0" && exec "$@"'
+
 export function hybridWrapper(unshare: string, v2Mount: string): string[] {
-  return [unshare, '-m', '--propagation', 'private', '/bin/sh', '-c', 'umount "$0" && exec "$@"', v2Mount]
+  return [unshare, '-m', '--propagation', 'private', '/bin/sh', '-c', HYBRID_SCRIPT, v2Mount]
 }
 
 interface Candidate {

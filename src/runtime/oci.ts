@@ -208,6 +208,13 @@ export interface OciNamespace {
   path?: string
 }
 
+export interface OciHook {
+  path: string
+  args: string[]
+  env: string[]
+  timeout: number
+}
+
 export interface OciConfig {
   ociVersion: string
   process: {
@@ -222,6 +229,7 @@ export interface OciConfig {
   }
   root: { path: string; readonly: true }
   hostname?: string
+  hooks?: { createRuntime: OciHook[] }
   mounts: OciMount[]
   linux: {
     namespaces: OciNamespace[]
@@ -335,6 +343,37 @@ export function ociConfig(input: ContainerProcessSpec): OciConfig {
   // A runtime refuses to set a hostname in a UTS namespace it did not create.
   if (spec.namespaces.uts === 'new') config.hostname = spec.hostname
   return config
+}
+
+// $1 the lock, $2 the file that says the network is made. The lock is only taken while the network is not
+// there yet: a shell is the only exec then. `flock -s` on an fd waits for the pause's exclusive lock.
+// The container's state, which the runtime writes on stdin, is read to the end first: a hook that exits
+// before kills crun with SIGPIPE (seen: "read from the init process", then status 141).
+const GATE_SCRIPT =
+  'while read -r _; do :; done; [ -e "$2" ] || { exec 7<"$1" && flock -s 7 && [ -e "$2" ]; }'
+
+/**
+ * `config` with a `createRuntime` hook that holds the program back until the pause process has made the
+ * network (pause.ts): the runtime runs it after it made the container's namespaces and before the program
+ * starts — and before it writes the pid file, so "running" still means the network is there. It fails,
+ * and with it the start, when the pause ended without making the network.
+ */
+export function withStartGate(
+  config: OciConfig,
+  gate: { lock: string; ready: string; timeoutSeconds?: number },
+): OciConfig {
+  if (!gate.lock.startsWith('/') || !gate.ready.startsWith('/'))
+    throw new Km1sError(
+      'ERR_INVALID_PROCESS_SPEC',
+      'Invalid start gate: the lock and ready paths must be absolute.',
+    )
+  const hook: OciHook = {
+    path: '/bin/sh',
+    args: ['sh', '-c', GATE_SCRIPT, 'km1s-gate', gate.lock, gate.ready],
+    env: [`PATH=${DEFAULT_PATH_ENV}`],
+    timeout: gate.timeoutSeconds ?? 30,
+  }
+  return { ...config, hooks: { createRuntime: [hook] } }
 }
 
 const hostsEntrySchema = z.object({

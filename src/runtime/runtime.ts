@@ -2,7 +2,7 @@
 // them after an agent restart and sweeps everything of this node that nothing wants. One class for both
 // kinds: `oci` (crun/runc: namespaces, read-only root, cgroup limits) and `process` (plain processes,
 // nothing isolated: for hosts without root or without an OCI runtime). docs/runtime.md has the picture.
-import { execFile, spawn } from 'node:child_process'
+import { execFile } from 'node:child_process'
 import { existsSync, readFileSync } from 'node:fs'
 import { mkdir, open, readdir, readFile, rm, stat, unlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -50,8 +50,10 @@ import {
   renderHostname,
   renderHosts,
   renderResolvConf,
+  withStartGate,
 } from './oci.ts'
-import { shimFile, spawnShim } from './shim.ts'
+import { type PauseNetwork, pauseFile, type SpawnedPause, spawnPause } from './pause.ts'
+import { gatedCommand, shimFile, spawnShim, waitForPidFile } from './shim.ts'
 import {
   ContainerSpec,
   type ContainerSpecInput,
@@ -117,6 +119,10 @@ interface Proc {
   ended: Promise<void> | undefined
   /** The start in progress, if any. */
   starting: Promise<void> | undefined
+  /** Its FIFOs exist and the log reads them (after the pause's `ns` stage). */
+  io: Promise<void>
+  /** Resolves when the end of the current shim has been recorded (#onShimEnded). */
+  handled: Promise<void>
 }
 
 interface Ctr {
@@ -125,6 +131,27 @@ interface Ctr {
   error: string | null
   procs: Map<string, Proc>
   pausePid: number | null
+  /** The pause holds the namespaces (its `ns` stage, or the fallback's): processes may join them. */
+  pauseReady: Promise<void>
+  /** The network is made; rejects when the pause ended between its stages. */
+  network: Promise<void>
+  /** While the network is being made: the lock and the file a process's start gate waits for. */
+  netGate: { lock: string; ready: string } | undefined
+  /** A gated shim was let go without running: the pause it was made for gave way to the fallback. */
+  stranded: boolean
+  /** Being created (not adopted): its processes' first starts take the gated path. */
+  fresh: boolean
+  /** Resolves once the first gated shim is spawned (or will not be): the pause is spawned next. */
+  shimSpawned: Promise<void>
+  shimSpawnedNow: () => void
+  /** The container's shim cgroup exists with its limits. */
+  shimCgroup: Promise<void>
+  /** Everything but the network and the processes: files, cgroups, roots, the pause spawned. */
+  prepared: Promise<void>
+  /** Its pause is spawned (#prepareContainer). */
+  made: Promise<void>
+  /** Its hostname, hosts and resolv.conf are written. */
+  files: Promise<void>
   /** Aborted when the container is removed: ends its log followers. */
   removed: AbortController
 }
@@ -316,13 +343,15 @@ export class ContainerRuntime implements Runtime {
       // The record is on disk before the create returns, written while the container is made: an fsync on
       // an SD card takes tens of ms. A crash before the record exists leaves parts nobody wants, which the
       // next start sweeps (the caller saw no success); after, the next start adopts or finishes it.
+      const ctr = newCtr(record)
+      this.#containers.set(spec.name, ctr)
+      // Its first steps queued before the record's: the fsync takes a threadpool thread for a while.
+      const up = this.#bringUp(ctr, false)
       const durable = writeFileAtomic(this.#names.specFile(spec.name), JSON.stringify(record)).then(
         () => undefined,
         (err: unknown) => err,
       )
-      const ctr = newCtr(record)
-      this.#containers.set(spec.name, ctr)
-      await this.#bringUp(ctr, false)
+      await up
       const failed = await durable
       if (failed !== undefined) {
         await this.#teardown(ctr)
@@ -475,45 +504,101 @@ export class ContainerRuntime implements Runtime {
     return records
   }
 
-  /** Makes (or, when adopting, checks and repairs) everything a container needs, then its processes. */
+  /**
+   * Makes (or, when adopting, checks and repairs) everything a container needs, then its processes. For a
+   * new container the processes start as soon as the pause process holds the namespaces, while it still
+   * makes the network; their start gate holds each program back until the network is there (pause.ts).
+   */
   async #bringUp(ctr: Ctr, adopting: boolean): Promise<void> {
     const { spec } = ctr.record
     const t0 = performance.now()
     const logDir = this.#names.containerLogDir(spec.name)
-    // The container (files, network, pause) and each process's directory, FIFOs and log are independent:
+    // The container (files, network, pause) and each process's directory, cgroup and log are independent:
     // made at the same time, they cost the slowest of them rather than the sum (docs/benchmarks.md).
     const fifos = spec.processes.flatMap((ps) => {
       const dir = this.#names.processDir(spec.name, ps.name)
       return [shimFile(dir, 'stdout'), shimFile(dir, 'stderr')]
     })
-    const prepared = Promise.all([
-      mkdir(logDir, { recursive: true, mode: 0o700 }),
-      ...spec.processes.map((ps) =>
-        mkdir(this.#names.processDir(spec.name, ps.name), { recursive: true, mode: 0o700 }),
-      ),
-    ]).then(() => {
-      const container = this.#prepareContainer(ctr, fifos, !adopting)
-      return Promise.all([
-        container,
-        ...spec.processes.map((ps) => this.#prepareProcess(ctr, ps, logDir, container)),
+    ctr.fresh = !adopting && this.kind === 'oci' && ctr.record.ip !== null
+    const spawned = Promise.withResolvers<void>()
+    ctr.shimSpawned = spawned.promise
+    ctr.shimSpawnedNow = () => spawned.resolve()
+    if (!ctr.fresh) spawned.resolve()
+    if (this.#cgroups) ctr.shimCgroup = this.#cgroups.ensure(this.#names.shimCgroup(spec.name), SHIM_LIMITS)
+    ctr.shimCgroup.catch(() => {})
+    try {
+      await Promise.all([
+        mkdir(logDir, { recursive: true, mode: 0o700 }),
+        ...spec.processes.map((ps) =>
+          mkdir(this.#names.processDir(spec.name, ps.name), { recursive: true, mode: 0o700 }),
+        ),
       ])
-    })
+    } catch (err) {
+      this.#failed(ctr, err)
+      return
+    }
+    ctr.made = this.#prepareContainer(ctr, fifos, !adopting)
+    ctr.made.catch(() => {})
+    const prepared = Promise.all([
+      ctr.made.then(() => ctr.files),
+      ctr.shimCgroup,
+      ...spec.processes.map((ps) => this.#prepareProcess(ctr, ps, logDir)),
+    ]).then(() => undefined)
+    ctr.prepared = prepared
+    prepared.catch(() => {})
+    // A new container's processes start at once: each waits inside for what it needs (#startProcessNow).
+    const starts = adopting
+      ? prepared.then(() =>
+          Promise.all(
+            [...ctr.procs.values()].map(async (proc) => {
+              await proc.io
+              if (!(await this.#adopt(proc))) await this.#startProcess(proc)
+            }),
+          ),
+        )
+      : Promise.all([...ctr.procs.values()].map((proc) => this.#startProcess(proc)))
+    // Observed below, after the preparation: a start that fails meanwhile must not count as unhandled.
+    starts.catch(() => {})
+    // Decided: the first starts above are gated; any later one (a restart, the repair) is not. A start
+    // that returned before its spawn must not leave the pause waiting for it.
+    ctr.fresh = false
+    starts.finally(ctr.shimSpawnedNow).catch(() => {})
     try {
       await prepared
     } catch (err) {
-      ctr.state = 'failed'
-      ctr.error = `the container could not be made: ${err instanceof Error ? err.message : String(err)}`
-      this.#log.error({ container: spec.name, err: ctr.error }, 'container failed')
-      this.#changed(ctr)
+      await starts.catch(() => {})
+      for (const proc of ctr.procs.values()) await this.#stopProcess(proc)
+      this.#failed(ctr, err)
       return
     }
     const t1 = performance.now()
-    await Promise.all(
-      [...ctr.procs.values()].map(async (proc) => {
-        if (adopting && (await this.#adopt(proc))) return
-        await this.#startProcess(proc)
-      }),
+    const network = await ctr.network.then(
+      () => undefined,
+      (err: unknown) => err,
     )
+    const started = await starts.then(
+      () => undefined,
+      (err: unknown) => err,
+    )
+    const problem =
+      network ??
+      started ??
+      (ctr.stranded ? new Error('the pause process gave way to the fallback') : undefined)
+    ctr.stranded = false
+    if (problem !== undefined) {
+      // The pause ended between its stages, or neither it nor the fallback could make the container: the
+      // processes failed at their gate or never started. Once more the slow way, as after a restart.
+      this.#log.warn(
+        { container: spec.name, err: errorMessage(problem) },
+        'making the container failed; repairing',
+      )
+      try {
+        await this.#repair(ctr)
+      } catch (err) {
+        this.#failed(ctr, err)
+        return
+      }
+    }
     ctr.state = 'running'
     this.#changed(ctr)
     this.#log.debug(
@@ -522,8 +607,55 @@ export class ContainerRuntime implements Runtime {
     )
   }
 
-  /** Its cgroup at once; its FIFOs once `container` is ready (the oci pause process makes them). */
-  async #prepareProcess(ctr: Ctr, ps: ProcessSpec, logDir: string, container: Promise<void>): Promise<void> {
+  #failed(ctr: Ctr, err: unknown): void {
+    ctr.state = 'failed'
+    ctr.error = `the container could not be made: ${errorMessage(err)}`
+    this.#log.error({ container: ctr.record.spec.name, err: ctr.error }, 'container failed')
+    this.#changed(ctr)
+  }
+
+  /** Stops what a failed fast path started, makes the network and a pause the slow way, starts again. */
+  async #repair(ctr: Ctr): Promise<void> {
+    const { spec, ip } = ctr.record
+    for (const proc of ctr.procs.values()) {
+      await this.#stopProcess(proc)
+      await proc.handled.catch(() => {})
+      Object.assign(proc, { stopping: false, state: 'starting', lastExit: null, restarts: 0, failures: 0 })
+    }
+    ctr.netGate = undefined
+    if (ctr.pausePid !== null && processAlive(ctr.pausePid)) killQuietly(ctr.pausePid, 'SIGKILL')
+    ctr.pausePid = null
+    const hostname = spec.hostname ?? spec.name
+    if (ip !== null) await this.#attach(spec.name, ip)
+    const fifos = [...ctr.procs.values()].flatMap((p) => {
+      const dir = this.#names.processDir(spec.name, p.spec.name)
+      return [shimFile(dir, 'stdout'), shimFile(dir, 'stderr')]
+    })
+    const pause = await this.#ensurePause(spec.name, hostname, fifos)
+    ctr.pausePid = pause.pid
+    ctr.pauseReady = pause.ready
+    ctr.network = pause.ready
+    await pause.ready
+    for (const proc of ctr.procs.values()) {
+      proc.io = this.#attachLogs(proc)
+      await proc.io
+    }
+    await Promise.all([...ctr.procs.values()].map((proc) => this.#startProcess(proc)))
+  }
+
+  async #attach(container: string, ip: string): Promise<void> {
+    await attachContainer({
+      instance: this.#names.instance,
+      container,
+      subnet: this.#subnet,
+      ip,
+      hostNetns: this.#init.hostNetns,
+      log: this.#log,
+    })
+  }
+
+  /** Its directory, cgroup and root now; its FIFOs and log once the pause made them (`proc.io`). */
+  async #prepareProcess(ctr: Ctr, ps: ProcessSpec, logDir: string): Promise<void> {
     const proc: Proc = {
       container: ctr.record.spec.name,
       spec: ps,
@@ -542,8 +674,12 @@ export class ContainerRuntime implements Runtime {
       log: new ProcessLog({ dir: logDir, process: ps.name, log: this.#log }),
       ended: undefined,
       starting: undefined,
+      io: Promise.resolve(),
+      handled: Promise.resolve(),
     }
     ctr.procs.set(ps.name, proc)
+    proc.io = this.#attachLogs(proc)
+    proc.io.catch(() => {})
     const dir = this.#names.processDir(ctr.record.spec.name, ps.name)
     if (this.#cgroups && this.kind === 'oci') {
       await Promise.all([
@@ -552,80 +688,146 @@ export class ContainerRuntime implements Runtime {
       ])
       proc.cgroupReady = true
     }
-    await container
+  }
+
+  async #attachLogs(proc: Proc): Promise<void> {
+    const ctr = this.#containers.get(proc.container)
+    await ctr?.pauseReady
+    const dir = this.#names.processDir(proc.container, proc.spec.name)
     await Promise.all([makeFifo(shimFile(dir, 'stdout')), makeFifo(shimFile(dir, 'stderr'))])
     proc.log.attach('stdout', shimFile(dir, 'stdout'))
     proc.log.attach('stderr', shimFile(dir, 'stderr'))
   }
 
-  async #prepareContainer(ctr: Ctr, fifos: string[], fresh: boolean): Promise<void> {
+  /**
+   * The container's files and its pause process. Resolves once the pause is spawned (its pid is known);
+   * `ctr.pauseReady` and `ctr.network` tell when it holds the namespaces and when the network is made.
+   */
+  #prepareContainer(ctr: Ctr, fifos: string[], fresh: boolean): Promise<void> {
+    // Set before anything is awaited: the processes' preparation waits on them from the start.
+    const ready = Promise.withResolvers<void>()
+    const network = Promise.withResolvers<void>()
+    ctr.pauseReady = ready.promise
+    ctr.network = network.promise
+    ready.promise.catch(() => {})
+    network.promise.catch(() => {})
+    const made = this.#makeContainer(ctr, fifos, fresh)
+    made.then(
+      (stages) => {
+        stages.ready.then(ready.resolve, ready.reject)
+        stages.network.then(network.resolve, network.reject)
+      },
+      (err: unknown) => {
+        ready.reject(err)
+        network.reject(err)
+      },
+    )
+    return made.then(() => undefined)
+  }
+
+  async #makeContainer(
+    ctr: Ctr,
+    fifos: string[],
+    fresh: boolean,
+  ): Promise<{ ready: Promise<void>; network: Promise<void> }> {
     const { spec, ip } = ctr.record
     const dir = this.#names.containerDir(spec.name)
-    await mkdir(dir, { recursive: true, mode: 0o711 })
-    if (this.kind === 'process') return
-    const hostname = spec.hostname ?? spec.name
-    const attach = () =>
-      attachContainer({
-        instance: this.#names.instance,
-        container: spec.name,
-        subnet: this.#subnet,
-        ip: ip as string,
-        hostNetns: this.#init.hostNetns,
-        log: this.#log,
-      })
-    const network = async () => {
-      if (fresh) {
-        // The fast path: the pause process makes the namespace and runs attachContainer's own plan in
-        // one spawn. Should it fail halfway, attachContainer observes and repairs, and a pause that only
-        // holds UTS and IPC is made as after a restart.
-        try {
-          ctr.pausePid = await this.#ensurePause(spec.name, hostname, fifos, ip as string)
-          return
-        } catch (err) {
-          this.#log.warn(
-            { container: spec.name, err: errorMessage(err) },
-            'making the network at once failed; repairing',
-          )
-        }
-      }
-      await attach()
-      ctr.pausePid = await this.#ensurePause(spec.name, hostname, fifos)
+    if (fresh && ip !== null && this.kind === 'oci') {
+      // Its directory exists (the processes' directories are in it). The pause is spawned right after
+      // the first shim: with twenty creates at once, each container's two spawns then come together
+      // instead of twenty shims first, and the shim's chain, the longer, starts first.
+      await ctr.shimSpawned
+    } else {
+      await mkdir(dir, { recursive: true, mode: 0o711 })
     }
-    await Promise.all([
+    if (this.kind === 'process') return { ready: Promise.resolve(), network: Promise.resolve() }
+    const hostname = spec.hostname ?? spec.name
+    // Awaited with the rest of the preparation (ctr.prepared): the pause need not wait for them.
+    const files = Promise.all([
       writeFile(join(dir, 'hostname'), renderHostname(hostname)),
       writeFile(join(dir, 'hosts'), renderHosts(hostname, ip === null ? [] : [{ ip, names: [hostname] }])),
       writeFile(
         join(dir, 'resolv.conf'),
         renderResolvConf({ nameservers: [bridgeAddress(this.#subnet)], search: ['km1s.internal'] }),
       ),
-      (this.#cgroups as Cgroups).ensure(this.#names.shimCgroup(spec.name), SHIM_LIMITS),
-      network(),
-    ])
+    ]).then(() => undefined)
+    ctr.files = files
+    files.catch(() => {})
+    if (fresh && ip !== null) {
+      // The fast path: the pause process makes the namespace and runs attachContainer's own plan in one
+      // spawn, telling its stages on a pipe. Should it fail before the namespaces are there,
+      // attachContainer observes and repairs, and a pause that only holds UTS and IPC is made as after a
+      // restart; should it fail after, #bringUp repairs.
+      let first = -1
+      const fallback = async (err: unknown) => {
+        this.#log.warn(
+          { container: spec.name, err: errorMessage(err) },
+          'making the network at once failed; repairing',
+        )
+        ctr.netGate = undefined
+        // Given up on (it did not start in time): it must not finish later and claim pause.pid.
+        if (first > 0 && (isPauseOf(first, this.#names.pauseCgroup(spec.name)) || isArgvOf(first, dir)))
+          killQuietly(first, 'SIGKILL')
+        await this.#attach(spec.name, ip)
+        const pause = await this.#ensurePause(spec.name, hostname, fifos)
+        ctr.pausePid = pause.pid
+        await pause.ready
+      }
+      let pause: SpawnedPause
+      try {
+        pause = await this.#ensurePause(spec.name, hostname, fifos, ip)
+        first = pause.pid
+      } catch (err) {
+        const failed = Promise.reject(err)
+        failed.catch(() => {})
+        pause = { pid: -1, ready: failed, network: failed, cgroupsReady: () => {} }
+      }
+      ctr.pausePid = pause.pid > 0 ? pause.pid : null
+      ctr.netGate = { lock: pauseFile(dir, 'lock'), ready: pauseFile(dir, 'ready') }
+      const ready = pause.ready.catch(fallback)
+      const network = pause.ready.then(
+        () => pause.network,
+        () => ready,
+      )
+      network.then(
+        () => {
+          ctr.netGate = undefined
+        },
+        () => {},
+      )
+      return { ready, network }
+    }
+    if (ip !== null) await this.#attach(spec.name, ip)
+    const pause = await this.#ensurePause(spec.name, hostname, fifos)
+    ctr.pausePid = pause.pid
+    return { ready: pause.ready, network: pause.ready }
   }
 
   /**
    * The pause process holds the container's UTS (with its hostname) and IPC namespaces. With `ip` (a new
    * container) it also makes the network namespace and the container's network in the same spawn;
-   * without, it is not in the network namespace at all — processes join that by its path.
+   * without, it is not in the network namespace at all — processes join that by its path. Resolves once
+   * it is spawned: a pause that is there already is kept.
    */
   async #ensurePause(
     container: string,
     hostname: string,
     fifos: string[] = [],
     ip?: string,
-  ): Promise<number> {
+  ): Promise<SpawnedPause> {
     const dir = this.#names.containerDir(container)
-    const pidFile = join(dir, 'pause.pid')
+    const pidFile = pauseFile(dir, 'pid')
     const cgroup = this.#names.pauseCgroup(container)
-    const known = await readPid(pidFile)
-    if (known !== null && isPauseOf(known, cgroup)) return known
+    if (ip === undefined) {
+      const known = await readPid(pidFile)
+      if (known !== null && isPauseOf(known, cgroup)) {
+        return { pid: known, ready: Promise.resolve(), network: Promise.resolve(), cgroupsReady: () => {} }
+      }
+      await rm(pidFile, { force: true })
+    }
     const cgroups = this.#cgroups as Cgroups
-    await cgroups.ensure(this.#names.pauseCgroup(container), PAUSE_LIMITS)
-    const procs = (await cgroups.limitDirs(this.#names.pauseCgroup(container))).map((d) =>
-      join(d, 'cgroup.procs'),
-    )
-    await rm(pidFile, { force: true })
-    const env: Record<string, string> = { PATH: DEFAULT_PATH_ENV }
+    const dirs = await cgroups.limitDirs(cgroup)
+    let network: PauseNetwork | undefined
     if (ip !== undefined) {
       const { netns, plan } = planFreshAttach({
         instance: this.#names.instance,
@@ -634,47 +836,39 @@ export class ContainerRuntime implements Runtime {
         ip,
       })
       const hostNetns = this.#init.hostNetns
-      env.KM1S_NETNS = netns
-      env.KM1S_HOSTNS = hostNetns ? `/run/netns/${hostNetns}` : `/proc/${process.pid}/ns/net`
-      env.KM1S_FIRST = plan.containerFirst.join('\n')
-      env.KM1S_HOST = plan.host.join('\n')
-      env.KM1S_CTR = plan.container.join('\n')
+      network = {
+        netns,
+        hostNetnsPath: hostNetns ? `/run/netns/${hostNetns}` : `/proc/${process.pid}/ns/net`,
+        containerFirst: plan.containerFirst,
+        host: plan.host,
+        container: plan.container,
+      }
     }
     // It also makes the processes' FIFOs: one `mkfifo` from this small shell instead of one spawn each from
     // the agent, whose fork costs milliseconds (docs/benchmarks.md). The same for the network.
-    const script = [
-      'd=$1; h=$2; n=$3; shift 3',
-      'while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; n=$((n-1)); done',
-      'm=; if [ $# -gt 0 ]; then mkfifo -m 0600 "$@" 2>/dev/null & m=$!; fi',
-      'if [ -n "$KM1S_NETNS" ]; then',
-      '  ip netns attach "$KM1S_NETNS" $$ || exit 121',
-      '  [ -z "$KM1S_FIRST" ] || printf "%s\\n" "$KM1S_FIRST" | ip -batch - || exit 122',
-      '  printf "%s\\n" "$KM1S_HOST" | nsenter --net="$KM1S_HOSTNS" ip -batch - || exit 123',
-      '  printf "%s\\n" "$KM1S_CTR" | ip -batch - || exit 124',
-      'fi',
-      '[ -z "$m" ] || wait $m',
-      'unset KM1S_NETNS KM1S_HOSTNS KM1S_FIRST KM1S_HOST KM1S_CTR',
-      'echo "$h" > /proc/sys/kernel/hostname && echo $$ > "$d/pause.pid" && exec catatonit -P',
-    ].join('\n')
-    const child = spawn(
-      'unshare',
-      [
-        ...[...(ip !== undefined ? ['--net'] : []), '--uts', '--ipc', '--', '/bin/sh', '-c', script],
-        ...['km1s-pause', dir, hostname, String(procs.length), ...procs, ...fifos],
-      ],
-      { detached: true, stdio: 'ignore', env },
-    )
-    child.unref()
-    const deadline = Date.now() + START_WAIT_MS
-    while (Date.now() < deadline) {
-      const pid = await readPid(pidFile)
-      if (pid !== null) return pid
-      if (child.exitCode !== null) {
-        throw new Error(`the pause process ended with status ${child.exitCode} before it was ready`)
-      }
-      await sleep(2)
+    const pause = spawnPause({
+      dir,
+      hostname,
+      cgroupProcs: dirs.map((d) => join(d, 'cgroup.procs')),
+      fifos,
+      ...(network ? { network } : {}),
+      path: DEFAULT_PATH_ENV,
+    })
+    // Its cgroup while it starts: it moves itself in once told (pause.ts).
+    cgroups.ensure(cgroup, PAUSE_LIMITS).then(pause.cgroupsReady, (err: unknown) => {
+      this.#log.warn({ container, err: errorMessage(err) }, 'the pause process has no cgroup')
+      killQuietly(pause.pid, 'SIGKILL')
+    })
+    const timeout = sleep(START_WAIT_MS, true).then(() => {
+      throw new Error('the pause process did not start')
+    })
+    timeout.catch(() => {})
+    return {
+      pid: pause.pid,
+      ready: Promise.race([pause.ready, timeout]),
+      network: Promise.race([pause.network, timeout]),
+      cgroupsReady: () => {},
     }
-    throw new Error('the pause process did not start')
   }
 
   async #removeResources(name: string, pausePid: number | null): Promise<void> {
@@ -774,10 +968,10 @@ export class ContainerRuntime implements Runtime {
     return ctr.record.spec.artifactDir ?? '/'
   }
 
-  #config(ctr: Ctr, spec: ProcessSpec) {
+  #config(ctr: Ctr, spec: ProcessSpec, network?: string) {
     const { name } = ctr.record.spec
     const dir = this.#names.containerDir(name)
-    const netns = `/run/netns/${netnsName(this.#names.instance, name)}`
+    const netns = network ?? `/run/netns/${netnsName(this.#names.instance, name)}`
     const pause = ctr.pausePid as number
     const args = existsSync(CATATONIT) ? [CATATONIT, '--', ...spec.args] : spec.args
     return ociConfig({
@@ -801,6 +995,17 @@ export class ContainerRuntime implements Runtime {
       namespaces: { network: netns, uts: `/proc/${pause}/ns/uts`, ipc: `/proc/${pause}/ns/ipc` },
       cgroupsPath: `${this.#names.processCgroup(name, spec.name)}/oci`,
     })
+  }
+
+  /**
+   * The config of a gated start (a new container): the network namespace by the pause's pid — it has no
+   * name yet, and crun's wrapper, spawned early, has a private mount namespace that will never see the
+   * name's mount (seen: "cannot setns `/run/netns/…`: Invalid argument") — and the start gate while the
+   * pause still makes the network.
+   */
+  #gatedConfig(ctr: Ctr, spec: ProcessSpec, pause: number) {
+    const config = this.#config(ctr, spec, `/proc/${pause}/ns/net`)
+    return ctr.netGate === undefined ? config : withStartGate(config, ctr.netGate)
   }
 
   /** Where args[0] is on this host, as the container will see it; undefined when nothing is there. */
@@ -852,104 +1057,166 @@ export class ContainerRuntime implements Runtime {
     proc.nextStartAt = null
     proc.pid = null
     const dir = this.#names.processDir(proc.container, proc.spec.name)
-    const problem = await this.#precheck(ctr, proc.spec)
-    if (problem) {
-      const exit: ExitInfo = {
-        reason: problem.reason,
-        code: null,
-        signal: null,
-        message: problem.message,
-        at: new Date().toISOString(),
-      }
-      proc.log.note(`km1s: cannot start ${proc.spec.name}: ${problem.message}`)
-      this.#afterExit(proc, exit, 0)
-      return
-    }
-    await rm(shimFile(dir, 'exit'), { force: true })
-    await rm(shimFile(dir, 'pid'), { force: true })
-    await rm(shimFile(dir, 'shimPid'), { force: true })
-    let argv: string[]
-    let env: Record<string, string>
-    let cwd = '/'
-    let cgroupProcs: string[] = []
-    if (this.kind === 'oci') {
+    // A new container: the shim is spawned at once, before the pause (both spawns cost the agent's main
+    // thread milliseconds, and the shim's chain — its exec, crun's wrapper, its cgroup moves — is the
+    // longer), gated, to run crun once the namespaces exist (shim.ts). The config names them by the
+    // pause's pid, known once it is spawned. Its directory is new: no files of an earlier start to remove.
+    const gated = this.kind === 'oci' && ctr.fresh
+    let early: ReturnType<typeof spawnShim> | undefined
+    let committed = false
+    try {
+      let argv: string[]
+      let env: Record<string, string>
+      let cwd = '/'
+      let cgroupProcs: string[] = []
+      let kills = 0
       const cgroups = this.#cgroups as Cgroups
-      if (ctr.pausePid === null || !processAlive(ctr.pausePid)) {
-        ctr.pausePid = await this.#ensurePause(proc.container, ctr.record.spec.hostname ?? proc.container)
-      }
       const path = this.#names.processCgroup(proc.container, proc.spec.name)
       const shimPath = this.#names.shimCgroup(proc.container)
-      if (!proc.cgroupReady) {
-        await Promise.all([cgroups.ensure(path, proc.spec.limits), cgroups.ensure(shimPath, SHIM_LIMITS)])
-        proc.cgroupReady = true
-      }
-      const oci = this.#oci()
       const id = this.#names.ociId(proc.container, proc.spec.name)
-      const [kills, shimDirs] = await Promise.all([
-        cgroups.oomKills(path),
-        cgroups.limitDirs(shimPath),
-        resetPeak(cgroups, path),
-        writeFile(join(dir, 'config.json'), JSON.stringify(this.#config(ctr, proc.spec))),
-        this.#deleteOciState((other) => other === id),
+      if (this.kind === 'oci') {
+        const oci = this.#oci()
+        const runArgv = [oci.binary as string, 'run', '--pid-file', shimFile(dir, 'pid'), '--bundle', dir, id]
+        argv = [...oci.wrapper, ...runArgv]
+        env = { PATH: DEFAULT_PATH_ENV }
+        if (gated) {
+          cgroupProcs = (await cgroups.limitDirs(shimPath)).map((d) => join(d, 'cgroup.procs'))
+          proc.startedAt = Date.now()
+          const shim = spawnShim({
+            dir,
+            cgroupProcs,
+            argv: gatedCommand(oci.wrapper, dir, cgroupProcs, runArgv),
+            env,
+            cwd,
+            gated: true,
+          })
+          early = shim
+          ctr.shimCgroup.then(shim.cgroupsReady, () => shim.release(false))
+          ctr.shimSpawnedNow()
+        }
+      } else {
+        // The inner sh records the pid of the command itself (it execs into it), for signals and exec.
+        argv = ['/bin/sh', '-c', 'echo $$ > "$0" && exec "$@"', shimFile(dir, 'pid'), ...proc.spec.args]
+        env = { PATH: DEFAULT_PATH_ENV, ...proc.spec.env }
+        cwd = this.#processCwd(ctr, proc.spec)
+      }
+      const [problem] = await Promise.all([
+        this.#precheck(ctr, proc.spec),
+        ...(gated
+          ? []
+          : [
+              rm(shimFile(dir, 'exit'), { force: true }),
+              rm(shimFile(dir, 'pid'), { force: true }),
+              rm(shimFile(dir, 'shimPid'), { force: true }),
+            ]),
+        ctr.prepared,
       ])
-      proc.oomBaseline = kills
-      cgroupProcs = shimDirs.map((d) => join(d, 'cgroup.procs'))
-      argv = [
-        ...oci.wrapper,
-        oci.binary as string,
-        'run',
-        '--pid-file',
-        shimFile(dir, 'pid'),
-        '--bundle',
-        dir,
-        id,
-      ]
-      env = { PATH: DEFAULT_PATH_ENV }
-    } else {
-      // The inner sh records the pid of the command itself (it execs into it), for signals and exec.
-      argv = ['/bin/sh', '-c', 'echo $$ > "$0" && exec "$@"', shimFile(dir, 'pid'), ...proc.spec.args]
-      env = { PATH: DEFAULT_PATH_ENV, ...proc.spec.env }
-      cwd = this.#processCwd(ctr, proc.spec)
-    }
-    if (proc.stopping || this.#stopped) return
-    proc.startedAt = Date.now()
-    let shim: ReturnType<typeof spawnShim>
-    try {
-      shim = spawnShim({ dir, cgroupProcs, argv, env, cwd })
-    } catch (err) {
-      this.#afterExit(
-        proc,
-        {
-          reason: 'start-failed',
+      if (problem) {
+        const exit: ExitInfo = {
+          reason: problem.reason,
           code: null,
           signal: null,
-          message: `the supervisor could not start: ${err instanceof Error ? err.message : String(err)}`,
+          message: problem.message,
           at: new Date().toISOString(),
-        },
-        0,
-      )
-      return
-    }
-    proc.shimPid = shim.pid
-    proc.ended = shim.exited
-    void shim.exited.then(() => this.#onShimEnded(proc, shim.pid))
-    // Running once the runtime wrote the pid file, or the shim already ended (then #onShimEnded tells why).
-    const deadline = Date.now() + START_WAIT_MS
-    let ended = false
-    void shim.exited.then(() => {
-      ended = true
-    })
-    while (!ended && Date.now() < deadline) {
-      const pid = await readPid(shimFile(dir, 'pid'))
-      if (pid !== null) {
-        if (proc.shimPid === shim.pid && proc.state === 'starting') {
-          proc.pid = pid
-          proc.state = 'running'
-          this.#changed(proc.container)
         }
+        proc.log.note(`km1s: cannot start ${proc.spec.name}: ${problem.message}`)
+        this.#afterExit(proc, exit, 0)
         return
       }
-      await sleep(2)
+      let pauseInConfig: number | null = null
+      let configGated = false
+      if (this.kind === 'oci') {
+        if (!proc.cgroupReady) {
+          await Promise.all([cgroups.ensure(path, proc.spec.limits), cgroups.ensure(shimPath, SHIM_LIMITS)])
+          proc.cgroupReady = true
+        }
+        // A new container's process has no OOM kills, no memory peak and no OCI state yet.
+        const [oom, shimDirs] = await Promise.all([
+          gated ? 0 : cgroups.oomKills(path),
+          cgroups.limitDirs(shimPath),
+          gated ? undefined : resetPeak(cgroups, path),
+          gated ? undefined : this.#deleteOciState((other) => other === id),
+        ])
+        kills = oom
+        cgroupProcs = shimDirs.map((d) => join(d, 'cgroup.procs'))
+        if (!gated) {
+          await proc.io
+          if (ctr.pausePid === null || !processAlive(ctr.pausePid)) {
+            const pause = await this.#ensurePause(proc.container, ctr.record.spec.hostname ?? proc.container)
+            await pause.ready
+            ctr.pausePid = pause.pid
+          }
+        }
+        pauseInConfig = ctr.pausePid
+        configGated = ctr.netGate !== undefined
+        if (gated && pauseInConfig === null) {
+          // The fast path's pause could not be spawned: the fallback makes another; start again then.
+          ctr.stranded = true
+          return
+        }
+        const config = gated
+          ? this.#gatedConfig(ctr, proc.spec, pauseInConfig as number)
+          : this.#config(ctr, proc.spec)
+        await writeFile(join(dir, 'config.json'), JSON.stringify(config))
+        proc.oomBaseline = kills
+      } else {
+        await proc.io
+      }
+      if (proc.stopping || this.#stopped) return
+      let shim: ReturnType<typeof spawnShim>
+      if (early !== undefined) {
+        shim = early
+      } else {
+        proc.startedAt = Date.now()
+        try {
+          shim = spawnShim({ dir, cgroupProcs, argv, env, cwd })
+        } catch (err) {
+          this.#afterExit(
+            proc,
+            {
+              reason: 'start-failed',
+              code: null,
+              signal: null,
+              message: `the supervisor could not start: ${err instanceof Error ? err.message : String(err)}`,
+              at: new Date().toISOString(),
+            },
+            0,
+          )
+          return
+        }
+      }
+      committed = true
+      proc.shimPid = shim.pid
+      proc.ended = shim.exited
+      proc.handled = shim.exited.then(() => this.#onShimEnded(proc, shim.pid)).catch(this.#exitFailed)
+      if (gated) {
+        // Should the fast path have given way to the fallback, the config names a pause that is gone: the
+        // shim ends without running anything and #bringUp starts the process again.
+        proc.io.then(
+          async () => {
+            const current = ctr.pausePid === pauseInConfig
+            if (!current) ctr.stranded = true
+            // The network may be made by now (many creates at once): then no hook, one exec fewer.
+            if (current && configGated && ctr.netGate === undefined) {
+              const config = this.#gatedConfig(ctr, proc.spec, pauseInConfig as number)
+              await writeFile(join(dir, 'config.json'), JSON.stringify(config)).catch(() => {})
+            }
+            shim.release(current && !proc.stopping && !this.#stopped)
+          },
+          () => shim.release(false),
+        )
+      }
+      // Running once the runtime wrote the pid file, or the shim already ended (then #onShimEnded tells why).
+      const pid = await waitForPidFile(shimFile(dir, 'pid'), shim.exited, START_WAIT_MS)
+      if (pid !== null && proc.shimPid === shim.pid && proc.state === 'starting') {
+        proc.pid = pid
+        proc.state = 'running'
+        this.#changed(proc.container)
+      }
+    } finally {
+      // A gated shim that is not to run (a bad program, a stop meanwhile, a failure) ends without it.
+      if (early !== undefined && !committed) early.release(false)
+      if (gated) ctr.shimSpawnedNow()
     }
   }
 
@@ -967,7 +1234,7 @@ export class ContainerRuntime implements Runtime {
         proc.oomBaseline = await this.#cgroups.oomKills(path)
       }
       proc.ended = waitForExit(shim, dir, this.#init.adoptPollMs ?? 250)
-      void proc.ended.then(() => this.#onShimEnded(proc, shim))
+      proc.handled = proc.ended.then(() => this.#onShimEnded(proc, shim)).catch(this.#exitFailed)
       this.#log.info(
         { container: proc.container, process: proc.spec.name, pid: proc.pid },
         'adopted a running process',
@@ -986,6 +1253,10 @@ export class ContainerRuntime implements Runtime {
       proc.cgroupReady = false
     }
     return false
+  }
+
+  readonly #exitFailed = (err: unknown): void => {
+    this.#log.error({ err: errorMessage(err) }, 'recording the end of a process failed')
   }
 
   async #onShimEnded(proc: Proc, shimPid: number): Promise<void> {
@@ -1067,10 +1338,12 @@ export class ContainerRuntime implements Runtime {
     if (pid !== null) killQuietly(pid, 'SIGTERM')
     // A PID 1 drops a signal it has no handler for yet: a TERM that arrives while crun still prepares the
     // container, or before catatonit set up its handlers, is lost (seen: a stop right after a create
-    // waited the whole grace). A young process gets it again, twice.
+    // waited the whole grace). A young process gets it again, a few times.
     const young = Date.now() - proc.startedAt < 2_000
+    // Early and often: the create returns as soon as crun wrote the pid file, before catatonit has its
+    // handlers (a stop right after a create waited 100 ms for the first resend).
     const resend = young
-      ? [100, 400].map((ms) =>
+      ? [5, 20, 50, 100, 400].map((ms) =>
           setTimeout(() => {
             if (pid !== null && proc.shimPid !== null) killQuietly(pid, 'SIGTERM')
           }, ms),
@@ -1134,14 +1407,28 @@ function newCtr(record: ContainerRecord): Ctr {
     error: null,
     procs: new Map(),
     pausePid: null,
+    pauseReady: Promise.resolve(),
+    network: Promise.resolve(),
+    netGate: undefined,
+    stranded: false,
+    fresh: false,
+    shimSpawned: Promise.resolve(),
+    shimSpawnedNow: () => {},
+    shimCgroup: Promise.resolve(),
+    prepared: Promise.resolve(),
+    made: Promise.resolve(),
+    files: Promise.resolve(),
     removed: new AbortController(),
   }
 }
 
 // --- small host helpers -----------------------------------------------------------------------------------
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms))
+function sleep(ms: number, unref = false): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, ms)
+    if (unref) timer.unref()
+  })
 }
 
 function killQuietly(pid: number, signal: NodeJS.Signals): void {
@@ -1177,6 +1464,15 @@ function isShimOf(pid: number, dir: string): boolean {
   try {
     const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')
     return argv.includes('km1s-shim') && argv.includes(dir)
+  } catch {
+    return false
+  }
+}
+
+/** The pid's argv names `dir` (a pause or shim still in its shell), not a stranger that got the pid. */
+function isArgvOf(pid: number, dir: string): boolean {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').includes(dir)
   } catch {
     return false
   }

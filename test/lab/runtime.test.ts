@@ -356,6 +356,37 @@ describe('runtime oci: isolation and limits', { skip: isRoot ? false : 'needs ro
     await rt.remove('stale')
   })
 
+  it('starts the program only once its network is made, in the hostname of its pause', async () => {
+    // The process is started while the pause process still makes the network: its start gate must hold it
+    // until eth0 is up with the address and the default route (docs/runtime.md, "The create path").
+    const first = [
+      'cat /sys/class/net/eth0/operstate',
+      'grep -c "^eth0[[:space:]]00000000" /proc/net/route',
+      // Any address of the container subnet: which one is known only once the create returns.
+      "grep -c '10[.]42[.]' /proc/net/fib_trie",
+      'cat /proc/sys/kernel/hostname',
+      'exec sleep 600',
+    ].join('; ')
+    const names = ['gate-a', 'gate-b', 'gate-c']
+    const made = await Promise.all(names.map((n) => rt.create(one(n, ['/bin/sh', '-c', first]))))
+    for (const [i, n] of names.entries()) {
+      const s = made[i] as ContainerStatus
+      assert.equal(s.state, 'running', JSON.stringify(s))
+      const text = await until(`${n} wrote its first lines`, async () => {
+        const t = await logText(rt, n)
+        return t.split('\n').length >= 4 ? t : undefined
+      })
+      const [operstate, route, addresses, hostname] = text.split('\n')
+      assert.equal(operstate, 'up', text)
+      assert.equal(route, '1', text)
+      assert.notEqual(addresses, '0', text)
+      assert.equal(hostname, n, text)
+      const addr = await exec(rt, n, ['/bin/sh', '-c', `grep -c '${s.ip}' /proc/net/fib_trie`])
+      assert.notEqual(addr.out.trim(), '0', addr.out)
+    }
+    for (const n of names) await rt.remove(n)
+  })
+
   it('holds the pids limit', async () => {
     await rt.create(
       one('forky', ['/bin/sh', '-c', 'for i in 1 2 3 4 5 6 7 8 9 10; do sleep 30 & done; wait'], {

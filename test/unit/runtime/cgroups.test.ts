@@ -222,6 +222,15 @@ describe('cgroups on a fake tree', () => {
     assert.deepEqual(warnings(lines).length, 1)
     assert.match(warnings(lines)[0] ?? '', /use_hierarchy/)
 
+    // A cgroup it makes afresh is not read: swap accounting was seen above, so memsw is written although
+    // this fake directory has no such file yet (a kernel's new cgroup has it).
+    await cg.ensure('/km1s-fresh/c/p', { memoryBytes: 8 * MiB, pids: 8 })
+    assert.equal(await read('memory/km1s-fresh/c/p/memory.limit_in_bytes'), String(8 * MiB))
+    assert.equal(await read('memory/km1s-fresh/c/p/memory.memsw.limit_in_bytes'), String(8 * MiB))
+    assert.equal(await read('pids/km1s-fresh/c/p/pids.max'), '8')
+    for (const h of ['memory', 'cpu,cpuacct', 'pids'])
+      await rm(join(v1, h, 'km1s-fresh'), { recursive: true })
+
     // The count of a kill lives in the killed process's cgroup: the subtree is summed.
     await mkdir(join(mem, OCI_LEAF))
     await writeFile(join(mem, 'memory.oom_control'), 'oom_kill_disable 0\nunder_oom 0\noom_kill 0\n')

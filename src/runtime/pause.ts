@@ -1,0 +1,183 @@
+// The pause process of a container: one `unshare … sh` that holds the container's UTS and IPC namespaces
+// (and, for a new container, makes its network namespace and network), then becomes `catatonit -P`.
+//
+// It tells the agent how far it got on a pipe, in two stages, so the agent can start the container's
+// processes while the network is still being made (docs/runtime.md, "The create path"):
+//   `ns`  — the namespaces exist, the hostname is set, the FIFOs are made: a `crun run` may join them now
+//           (the network namespace by /proc/<pid>/ns/net: it has no name yet);
+//   `net` — the network namespace is named and the network made (only with a network plan).
+// Between the two, the pause holds an exclusive flock on `net.lock` in the container directory; the
+// processes' `createRuntime` hook (withStartGate, oci.ts) takes it shared, so their programs start only once the
+// network is there — and never wait for a pause that died, since a dead process holds no lock.
+import { spawn } from 'node:child_process'
+import type { Socket } from 'node:net'
+import { join } from 'node:path'
+
+export const PAUSE_FILES = { pid: 'pause.pid', lock: 'net.lock', ready: 'net.ready' } as const
+
+/** The network the pause makes: `ip -batch` lines, as planFreshAttach plans them. */
+export interface PauseNetwork {
+  /** The name to give the new network namespace (`ip netns attach`). */
+  netns: string
+  /** The node's network namespace, as a path nsenter can enter. */
+  hostNetnsPath: string
+  containerFirst: string[]
+  host: string[]
+  container: string[]
+}
+
+export interface PauseRequest {
+  /** The container directory: pause.pid, net.lock and net.ready go there. */
+  dir: string
+  hostname: string
+  /** cgroup.procs files the pause writes itself into, in the background, once told they exist. */
+  cgroupProcs: string[]
+  /** FIFOs to make (mkfifo -m 0600) before the `ns` stage. */
+  fifos: string[]
+  network?: PauseNetwork
+  /** PATH for the script. */
+  path: string
+}
+
+export interface SpawnedPause {
+  /** Known at once: `unshare` without --fork execs into the shell, which execs into catatonit. */
+  pid: number
+  /** The `ns` stage; rejects when the pause ends (or fails to start) before it. */
+  ready: Promise<void>
+  /** The `net` stage (resolved at once without a network); rejects when the pause ends before it. */
+  network: Promise<void>
+  /** Tells the pause its cgroups exist: it moves itself into them (in the background). Once. */
+  cgroupsReady: () => void
+}
+
+// $1 dir, $2 hostname, $3 how many cgroup.procs files follow, then those files, then the FIFOs. Exit codes
+// 121–127 say which step failed. SIGPIPE ignored: the agent reading the stages may be killed meanwhile,
+// and the pause must go on regardless (catatonit inherits the disposition; it writes nothing).
+const SCRIPT = [
+  'd=$1; h=$2; n=$3; shift 3; m=; l=; c=',
+  'while [ "$n" -gt 0 ]; do c="$c $1"; shift; n=$((n-1)); done',
+  "trap '' PIPE",
+  // Its cgroups in the background, once the agent says they exist (`cg` on stdin; the end of stdin — the
+  // agent died — tries anyway): a move into a v1 cgroup waits for an RCU grace period (6–8 ms measured
+  // here), which the processes need not wait for. The $$ of a subshell is the pause's own pid.
+  'exec 5<&0 </dev/null',
+  '{ read -r x; for f in $c; do echo $$ > "$f" || exit 1; done; } <&5 & j=$!',
+  'exec 5<&-',
+  'if [ $# -gt 0 ]; then mkfifo -m 0600 "$@" 2>/dev/null & m=$!; fi',
+  'if [ -n "$KM1S_NETNS" ]; then exec 6>"$d/net.lock" || exit 127; flock 6 & l=$!; fi',
+  'echo "$h" > /proc/sys/kernel/hostname || exit 126',
+  '[ -z "$m" ] || wait $m',
+  '[ -z "$l" ] || wait $l || exit 127',
+  'echo ns',
+  'if [ -n "$KM1S_NETNS" ]; then',
+  '  [ -z "$KM1S_FIRST" ] || printf "%s\\n" "$KM1S_FIRST" | ip -batch - || exit 122',
+  // `netns attach` in the host side's batch: naming a namespace is a mount, whichever network namespace
+  // the naming `ip` is in; one exec fewer than `ip netns attach` of its own.
+  '  printf "netns attach %s %s\\n%s\\n" "$KM1S_NETNS" $$ "$KM1S_HOST" |',
+  '    nsenter --net="$KM1S_HOSTNS" ip -batch - || exit 123',
+  '  printf "%s\\n" "$KM1S_CTR" | ip -batch - || exit 124',
+  '  : > "$d/net.ready" || exit 127',
+  '  exec 6>&-',
+  '  echo net',
+  'fi',
+  // In its cgroups before it says who it is: a later agent recognises a pause by its cgroup.
+  'wait $j || exit 125',
+  'unset KM1S_NETNS KM1S_HOSTNS KM1S_FIRST KM1S_HOST KM1S_CTR',
+  'echo $$ > "$d/pause.pid" && exec catatonit -P >/dev/null',
+].join('\n')
+
+/** The argv and environment of the pause process (pure; the script is above). */
+export function pauseCommand(req: PauseRequest): { argv: string[]; env: Record<string, string> } {
+  const env: Record<string, string> = { PATH: req.path }
+  if (req.network !== undefined) {
+    env.KM1S_NETNS = req.network.netns
+    env.KM1S_HOSTNS = req.network.hostNetnsPath
+    env.KM1S_FIRST = req.network.containerFirst.join('\n')
+    env.KM1S_HOST = req.network.host.join('\n')
+    env.KM1S_CTR = req.network.container.join('\n')
+  }
+  const argv = [
+    'unshare',
+    ...(req.network !== undefined ? ['--net'] : []),
+    '--uts',
+    '--ipc',
+    '--',
+    '/bin/sh',
+    '-c',
+    SCRIPT,
+    'km1s-pause',
+    req.dir,
+    req.hostname,
+    String(req.cgroupProcs.length),
+    ...req.cgroupProcs,
+    ...req.fifos,
+  ]
+  return { argv, env }
+}
+
+/** What the exit status of a pause that ended early says. */
+export function pauseFailure(code: number | null, signal: string | null): string {
+  const step: Record<number, string> = {
+    122: 'preparing the network namespace failed',
+    123: 'naming the network namespace or making its host side failed',
+    124: 'the container side of the network failed',
+    125: 'moving into its cgroups failed',
+    126: 'setting the hostname failed',
+    127: 'taking the network lock failed',
+  }
+  if (code !== null && step[code] !== undefined) return `the pause process ended: ${step[code]}`
+  return `the pause process ended (${signal ?? `status ${code}`}) before it was ready`
+}
+
+/** Stages seen so far in the pause's output. */
+export function pauseStages(output: string): { ns: boolean; net: boolean } {
+  const lines = output.split('\n')
+  return { ns: lines.includes('ns'), net: lines.includes('net') }
+}
+
+/** Starts the pause process, detached (it must survive the agent); stages arrive on its stdout. */
+export function spawnPause(req: PauseRequest): SpawnedPause {
+  const { argv, env } = pauseCommand(req)
+  const child = spawn(argv[0] as string, argv.slice(1), {
+    detached: true,
+    stdio: ['pipe', 'pipe', 'ignore'],
+    env,
+  })
+  const ns = Promise.withResolvers<void>()
+  const net = Promise.withResolvers<void>()
+  // Rejections are the caller's to observe; unobserved ones must not crash the agent.
+  ns.promise.catch(() => {})
+  net.promise.catch(() => {})
+  if (req.network === undefined) void ns.promise.then(() => net.resolve(), net.reject)
+  let output = ''
+  const stdout = child.stdout
+  stdout?.setEncoding('utf8')
+  stdout?.on('data', (chunk: string) => {
+    output += chunk
+    const stages = pauseStages(output)
+    if (stages.ns) ns.resolve()
+    if (stages.net) net.resolve()
+  })
+  // 'close' comes after the last output was read; settling a settled promise does nothing.
+  const fail = (err: Error) => {
+    ns.reject(err)
+    net.reject(err)
+  }
+  child.once('close', (code, signal) => fail(new Error(pauseFailure(code, signal))))
+  child.once('error', fail)
+  child.stdin?.on('error', () => {})
+  ;(child.stdin as Socket | null)?.unref()
+  child.unref()
+  return {
+    pid: child.pid ?? -1,
+    ready: ns.promise,
+    network: net.promise,
+    cgroupsReady: () => {
+      if (child.stdin?.writable) child.stdin.end('cg\n')
+    },
+  }
+}
+
+export function pauseFile(dir: string, name: keyof typeof PAUSE_FILES): string {
+  return join(dir, PAUSE_FILES[name])
+}

@@ -1,0 +1,291 @@
+// The pieces of the fast create path (docs/runtime.md, "The create path") that need no root: the pause
+// process's stages and argv, the start gate of a process (an OCI hook: a shell and flock), the gated shim,
+// and the inotify wait for a pid file. Real shells run the scripts: their behaviour is the point.
+import assert from 'node:assert/strict'
+import { spawn, spawnSync } from 'node:child_process'
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { after, describe, it } from 'node:test'
+import { hybridWrapper } from '../../../src/runtime/detect.ts'
+import { ociConfig, withStartGate } from '../../../src/runtime/oci.ts'
+import { pauseCommand, pauseFailure, pauseStages } from '../../../src/runtime/pause.ts'
+import { gateArgv, gatedCommand, shimArgv, waitForPidFile } from '../../../src/runtime/shim.ts'
+
+const PATH = '/usr/local/bin:/usr/bin:/bin'
+const dir = mkdtempSync(join(tmpdir(), 'km1s-createpath-'))
+after(() => rmSync(dir, { recursive: true, force: true }))
+
+function run(argv: string[], input?: string): { status: number | null; out: string } {
+  const r = spawnSync(argv[0] as string, argv.slice(1), {
+    input,
+    encoding: 'utf8',
+    env: { PATH },
+    timeout: 10_000,
+  })
+  return { status: r.status, out: r.stdout }
+}
+
+describe('pause process', () => {
+  it('reads its stages from its output, whole lines only', () => {
+    assert.deepEqual(pauseStages(''), { ns: false, net: false })
+    assert.deepEqual(pauseStages('n'), { ns: false, net: false })
+    assert.deepEqual(pauseStages('ns\n'), { ns: true, net: false })
+    assert.deepEqual(pauseStages('ns\nnet\n'), { ns: true, net: true })
+    assert.deepEqual(pauseStages('nsx\nnetwork\n'), { ns: false, net: false })
+  })
+
+  it('names the failed step from its exit status', () => {
+    assert.match(pauseFailure(125, null), /cgroups/)
+    assert.match(pauseFailure(123, null), /host side/)
+    assert.match(pauseFailure(1, null), /status 1/)
+    assert.match(pauseFailure(null, 'SIGKILL'), /SIGKILL/)
+  })
+
+  it('makes a network namespace only when it has a network to make', () => {
+    const base = { dir: '/run/x', hostname: 'h', cgroupProcs: ['/a/cgroup.procs'], fifos: ['/f'], path: PATH }
+    const plain = pauseCommand(base)
+    assert.deepEqual(plain.argv.slice(0, 4), ['unshare', '--uts', '--ipc', '--'])
+    assert.equal(plain.env.KM1S_NETNS, undefined)
+    assert.deepEqual(plain.argv.slice(-6), ['km1s-pause', '/run/x', 'h', '1', '/a/cgroup.procs', '/f'])
+    const net = pauseCommand({
+      ...base,
+      network: {
+        netns: 'km1s-a-b',
+        hostNetnsPath: '/run/netns/h',
+        containerFirst: [],
+        host: ['x'],
+        container: ['y'],
+      },
+    })
+    assert.deepEqual(net.argv.slice(0, 5), ['unshare', '--net', '--uts', '--ipc', '--'])
+    assert.equal(net.env.KM1S_NETNS, 'km1s-a-b')
+    assert.equal(net.env.KM1S_HOST, 'x')
+    assert.equal(net.argv.at(-1), '/f')
+  })
+})
+
+describe('start gate (createRuntime hook)', () => {
+  const config = ociConfig({
+    container: 'c',
+    process: 'p',
+    args: ['/bin/true'],
+    rootfs: '/r',
+    hostname: 'c',
+    files: { hosts: '/h', hostname: '/n', resolvConf: '/rc' },
+    namespaces: { network: 'new', uts: 'new', ipc: 'new' },
+  })
+
+  it('adds one createRuntime hook and changes nothing else', () => {
+    const gated = withStartGate(config, { lock: '/d/net.lock', ready: '/d/net.ready' })
+    assert.deepEqual({ ...gated, hooks: undefined }, { ...config, hooks: undefined })
+    assert.equal(gated.hooks?.createRuntime.length, 1)
+    const hook = gated.hooks?.createRuntime[0]
+    assert.equal(hook?.path, '/bin/sh')
+    assert.deepEqual(hook?.args.slice(-2), ['/d/net.lock', '/d/net.ready'])
+    assert.equal(config.hooks, undefined)
+    assert.throws(() => withStartGate(config, { lock: 'net.lock', ready: '/d/net.ready' }), /absolute/)
+  })
+
+  const hookArgv = (lock: string, ready: string) => {
+    const hook = withStartGate(config, { lock, ready }).hooks?.createRuntime[0]
+    return [hook?.path as string, ...(hook?.args.slice(1) ?? [])]
+  }
+
+  it('passes at once when the network is there', () => {
+    const ready = join(dir, 'ready-1')
+    writeFileSync(ready, '')
+    assert.equal(run(hookArgv(join(dir, 'absent-lock'), ready)).status, 0)
+  })
+
+  it('reads the state the runtime writes on its stdin to the end: exiting first would kill crun (SIGPIPE)', () => {
+    const ready = join(dir, 'ready-state')
+    writeFileSync(ready, '')
+    const argv = hookArgv(join(dir, 'absent-lock'), ready)
+    const r = spawnSync(argv[0] as string, argv.slice(1), {
+      input: `{"ociVersion":"1.0.2","pad":"${'x'.repeat(256 * 1024)}"}`,
+      env: { PATH },
+      timeout: 10_000,
+    })
+    assert.equal(r.error, undefined)
+    assert.equal(r.status, 0)
+  })
+
+  it('waits while the pause holds the lock, passes once it made the network, fails when it gave up', async () => {
+    const lock = join(dir, 'lock-2')
+    const ready = join(dir, 'ready-2')
+    writeFileSync(lock, '')
+    // The pause's part: an exclusive flock until told to finish, then the ready file (or not).
+    const holder = (makeReady: boolean) =>
+      spawn(
+        '/bin/sh',
+        [
+          '-c',
+          `exec 6>"$1"; flock 6; echo locked; read -r x; ${makeReady ? ': > "$2";' : ''} exec 6>&-; exec sleep 5`,
+          'holder',
+          lock,
+          ready,
+        ],
+        { env: { PATH }, stdio: ['pipe', 'pipe', 'ignore'] },
+      )
+    for (const makeReady of [true, false]) {
+      rmSync(ready, { force: true })
+      const pause = holder(makeReady)
+      await new Promise((resolve) => pause.stdout.once('data', resolve))
+      const gate = spawn(hookArgv(lock, ready)[0] as string, hookArgv(lock, ready).slice(1), {
+        env: { PATH },
+        stdio: 'ignore',
+      })
+      const status = new Promise<number | null>((resolve) => gate.once('exit', resolve))
+      const early = await Promise.race([status, new Promise((r) => setTimeout(() => r('waiting'), 200))])
+      assert.equal(early, 'waiting')
+      pause.stdin.end('go\n')
+      assert.equal(await status, makeReady ? 0 : 1)
+      pause.kill('SIGKILL')
+    }
+  })
+
+  it('does not wait for a pause that died holding the lock', async () => {
+    const lock = join(dir, 'lock-3')
+    const ready = join(dir, 'ready-3')
+    writeFileSync(lock, '')
+    const pause = spawn('/bin/sh', ['-c', 'exec 6>"$1"; flock 6; echo locked; exec sleep 30', 'p', lock], {
+      env: { PATH },
+      stdio: ['ignore', 'pipe', 'ignore'],
+    })
+    await new Promise((resolve) => pause.stdout.once('data', resolve))
+    pause.kill('SIGKILL')
+    assert.equal(run(hookArgv(lock, ready)).status, 1)
+  })
+})
+
+describe('gated shim', () => {
+  const shim = (name: string, gated: boolean, command: string[]) => {
+    const d = join(dir, name)
+    spawnSync('mkdir', ['-p', d])
+    spawnSync('mkfifo', [join(d, 'stdout'), join(d, 'stderr')])
+    const argv = shimArgv({
+      dir: d,
+      cgroupProcs: [],
+      argv: gated ? [...gateArgv(d, [join(d, 'procs-a'), join(d, 'procs-b')]), ...command] : command,
+      env: { PATH },
+      cwd: '/',
+      gated,
+    })
+    return { d, argv }
+  }
+
+  it('runs the command after go, with its output on the FIFOs, and records its status', () => {
+    const { d, argv } = shim('go', true, ['/bin/sh', '-c', 'echo hello; exit 3'])
+    // Read the FIFO while the shim runs: a reader of our own keeps the output.
+    const reader = spawn('/bin/sh', ['-c', 'exec cat <>"$1"', 'r', join(d, 'stdout')], {
+      stdio: ['ignore', 'pipe', 'ignore'],
+    })
+    let out = ''
+    reader.stdout.on('data', (c) => {
+      out += String(c)
+    })
+    const r = run(argv, 'cg\ngo\n')
+    assert.equal(r.status, 0)
+    // It moved the shim, then itself, into each "cgroup" (plain files here): two pids, the shim's first.
+    const shimPid = readFileSync(join(d, 'shim.pid'), 'utf8').trim()
+    for (const f of ['procs-a', 'procs-b']) assert.equal(readFileSync(join(d, f), 'utf8').trim() !== '', true)
+    assert.equal(
+      readFileSync(join(d, 'procs-a'), 'utf8').trim(),
+      readFileSync(join(d, 'procs-b'), 'utf8').trim(),
+    )
+    assert.notEqual(shimPid, '')
+    assert.equal(readFileSync(join(d, 'exit'), 'utf8').trim(), '3')
+    assert.ok(existsSync(join(d, 'shim.pid')))
+    return new Promise<void>((resolve) => {
+      setTimeout(() => {
+        reader.kill()
+        assert.equal(out, 'hello\n')
+        resolve()
+      }, 200)
+    })
+  })
+
+  it('runs nothing and records no status without go: a later agent sees a start cut short', () => {
+    for (const [name, input] of [
+      ['no', 'cg\nno\n'],
+      ['eof', 'cg\n'],
+      ['nothing', ''],
+      ['go-unmoved', 'go\n'],
+    ] as const) {
+      const marker = join(dir, `${name}-ran`)
+      const { d, argv } = shim(name, true, ['/bin/sh', '-c', `: > "${marker}"`])
+      assert.equal(run(argv, input).status, 0)
+      assert.equal(existsSync(marker), false)
+      assert.equal(existsSync(join(d, 'exit')), false)
+    }
+  })
+
+  it("runs the gate in the hybrid wrapper's own shell: one exec fewer", () => {
+    const run = ['/usr/bin/crun', 'run', 'x']
+    const plain = gatedCommand([], '/d', ['/c'], run)
+    assert.deepEqual(plain, [...gateArgv('/d', ['/c']), ...run])
+    const merged = gatedCommand(
+      hybridWrapper('/usr/bin/unshare', '/sys/fs/cgroup/unified'),
+      '/d',
+      ['/c'],
+      run,
+    )
+    assert.equal(merged.filter((a) => a === '/bin/sh').length, 1)
+    assert.deepEqual(merged.slice(0, 6), [
+      '/usr/bin/unshare',
+      '-m',
+      '--propagation',
+      'private',
+      '/bin/sh',
+      '-c',
+    ])
+    assert.deepEqual(merged.slice(7), ['/sys/fs/cgroup/unified', '/d', '/c', ...run])
+    // The merged shell, run without its unshare and with an umount that only says what it was given.
+    const bin = join(dir, 'fake-bin')
+    spawnSync('mkdir', ['-p', bin])
+    writeFileSync(join(bin, 'umount'), `#!/bin/sh\necho "$1" > ${join(dir, 'umounted')}\n`, { mode: 0o755 })
+    const { d, argv } = shim('merged', true, [])
+    const shimPart = argv.slice(0, argv.indexOf('gated') + 1)
+    const cmd = gatedCommand(
+      hybridWrapper('/usr/bin/unshare', '/sys/fs/cgroup/unified'),
+      d,
+      [join(d, 'procs')],
+      ['/bin/sh', '-c', 'echo ran'],
+    ).slice(4)
+    const r = spawnSync(shimPart[0] as string, [...shimPart.slice(1), ...cmd], {
+      input: 'cg\ngo\n',
+      env: { PATH: `${bin}:${PATH}` },
+      timeout: 10_000,
+    })
+    assert.equal(r.status, 0)
+    assert.equal(readFileSync(join(dir, 'umounted'), 'utf8').trim(), '/sys/fs/cgroup/unified')
+    assert.equal(readFileSync(join(d, 'exit'), 'utf8').trim(), '0')
+    assert.notEqual(readFileSync(join(d, 'procs'), 'utf8').trim(), '')
+  })
+
+  it('ungated, runs at once as before', () => {
+    const { d, argv } = shim('plain', false, ['/bin/sh', '-c', 'exit 4'])
+    run(argv)
+    assert.equal(readFileSync(join(d, 'exit'), 'utf8').trim(), '4')
+  })
+})
+
+describe('waitForPidFile', () => {
+  it('answers when the file is written, without waiting for the poll', async () => {
+    const file = join(dir, 'pid-1')
+    const t = performance.now()
+    const waiting = waitForPidFile(file, new Promise(() => {}), 5_000, 10_000)
+    setTimeout(() => void writeFile(file, '4242\n'), 20)
+    assert.equal(await waiting, 4242)
+    assert.ok(performance.now() - t < 2_000)
+  })
+
+  it('is null when the shim ends first or the time is up, and ignores a half-written file', async () => {
+    const file = join(dir, 'pid-2')
+    writeFileSync(file, '')
+    assert.equal(await waitForPidFile(file, Promise.resolve(), 5_000), null)
+    assert.equal(await waitForPidFile(file, new Promise(() => {}), 100, 20), null)
+  })
+})
