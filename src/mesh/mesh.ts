@@ -70,6 +70,11 @@ function createLibp2pNode(init: MeshInit) {
     connectionEncrypters: [noise()],
     streamMuxers: [yamux()],
     connectionManager: { dialTimeout: 5_000, maxConnections: 300 },
+    // libp2p's monitor opened a stream every 10 s on every connection to ping /ipfs/ping/1.0.0, which km1s
+    // peers do not speak (their ping is /km1s/ping): negotiation failed each time, ~8 of an idle agent's ~27
+    // socket writes a second at 10 nodes. Liveness is membership's heartbeats, and membership hangs up a
+    // connection whose peer it has not heard for 3 dead-times (docs/membership.md).
+    connectionMonitor: { enabled: false },
     peerDiscovery:
       init.mdns === false
         ? []
