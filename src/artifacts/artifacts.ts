@@ -5,9 +5,9 @@ import { chmod, mkdir, open, rename, rm, stat, symlink } from 'node:fs/promises'
 import { basename, isAbsolute, join } from 'node:path'
 import type { Connection, Libp2p, Stream } from '@libp2p/interface'
 import { peerIdFromString } from '@libp2p/peer-id'
-import type { Multiaddr } from '@multiformats/multiaddr'
 import { errorMessage, Km1sError } from '../common/errors.ts'
 import type { Logger } from '../common/logger.ts'
+import { ipOfAddr } from '../mesh/addresses.ts'
 import type { Store } from '../state/index.ts'
 import { FileBlockstore, resolveQuota } from './blockstore.ts'
 import { BulkServer, type FrameChannel, lpChannel } from './bulk.ts'
@@ -357,7 +357,8 @@ export class Artifacts {
           dial: async (peer, s) => {
             const conn = await this.#init.libp2p.dial(peerIdFromString(peer), { signal: s })
             const stream = await conn.newStream(BLOCKS_PROTOCOL, { signal: s })
-            return { stream, host: ipOf(conn.remoteAddr) }
+            // The fast lane to this peer connects to the address its libp2p connection reached.
+            return { stream, host: ipOfAddr(conn.remoteAddr) }
           },
           fastLane: this.#init.fastLane !== false,
           ban: (peer, reason) => this.#ban(peer, reason),
@@ -726,11 +727,6 @@ export class Artifacts {
       ch.abort(err instanceof Error ? err : new Error(String(err)))
     }
   }
-}
-
-/** The IP address of a TCP multiaddr (where a fast lane to that peer connects), if it has one. */
-function ipOf(addr: Multiaddr): string | undefined {
-  return addr.getComponents().find((c) => c.name === 'ip4' || c.name === 'ip6')?.value
 }
 
 async function exists(path: string): Promise<boolean> {

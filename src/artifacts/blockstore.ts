@@ -117,17 +117,18 @@ export class FileBlockstore {
         `The artifact store is full (${mib(this.#bytes)} of its ${mib(this.#quota)} quota); run 'km1s artifacts gc' or 'km1s artifacts rm', or raise KM1S_ARTIFACTS_QUOTA.`,
       )
     const path = this.#path(key)
-    const tmp = join(this.dir, key.slice(-2), `.tmp-${process.pid}-${this.#tmp++}`)
+    const shardDir = join(this.dir, key.slice(-2))
+    const tmp = join(shardDir, `.tmp-${process.pid}-${this.#tmp++}`)
     try {
-      const shard = key.slice(-2)
-      if (!this.#shards.has(shard)) {
-        await mkdir(join(this.dir, shard), { recursive: true, mode: 0o755 })
-        this.#shards.add(shard)
+      const makeShard = () => mkdir(shardDir, { recursive: true, mode: 0o755 })
+      if (!this.#shards.has(shardDir)) {
+        await makeShard()
+        this.#shards.add(shardDir)
       }
       const fh = await open(tmp, 'w', 0o644).catch(async (err: NodeJS.ErrnoException) => {
         if (err.code !== 'ENOENT') throw err
         // The shard directory went away under us (removed by hand): make it again.
-        await mkdir(join(this.dir, shard), { recursive: true, mode: 0o755 })
+        await makeShard()
         return open(tmp, 'w', 0o644)
       })
       try {

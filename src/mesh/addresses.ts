@@ -17,3 +17,8 @@ export function withoutLoopback(addrs: Multiaddr[]): Multiaddr[] {
 export function peerIdOfAddr(ma: Multiaddr): string | undefined {
   return ma.getComponents().find((c) => c.name === 'p2p')?.value
 }
+
+/** The IP address (ip4 or ip6) a multiaddr names, if any. */
+export function ipOfAddr(ma: Multiaddr): string | undefined {
+  return ma.getComponents().find((c) => c.name === 'ip4' || c.name === 'ip6')?.value
+}

@@ -13,7 +13,7 @@ import { type Multiaddr, multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p } from 'libp2p'
 import { errorMessage, Km1sError } from '../common/errors.ts'
 import { createLogThrottle, type Logger } from '../common/logger.ts'
-import { isLoopbackAddr, peerIdOfAddr, withoutLoopback } from './addresses.ts'
+import { ipOfAddr, isLoopbackAddr, peerIdOfAddr, withoutLoopback } from './addresses.ts'
 import {
   backoffMs,
   connectionToKeep,
@@ -349,7 +349,7 @@ export class Mesh {
   /** Whether the target's TCP port accepts a connection (closed again at once). */
   async #answers(t: Target): Promise<boolean> {
     const addr = t.addr
-    const host = addr?.getComponents().find((c) => c.name === 'ip4' || c.name === 'ip6')?.value
+    const host = addr && ipOfAddr(addr)
     const port = Number(addr?.getComponents().find((c) => c.name === 'tcp')?.value)
     if (!host || !Number.isInteger(port)) return false
     return new Promise((resolve) => {
