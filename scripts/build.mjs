@@ -1,11 +1,19 @@
-// Bundles the CLI and agent into one ESM file: one bundle starts in ~0.2 s instead of ~0.65 s and
-// saves ~8 MB of RSS per agent over loading node_modules file by file (PLATFORM.md).
+// Bundles the CLI and agent into dist/km1s.mjs plus the chunks it imports when a command needs them: a
+// bundle starts in ~0.2 s instead of ~0.65 s and saves ~8 MB of RSS per agent over loading node_modules
+// file by file (PLATFORM.md). Code splitting keeps the agent (libp2p, LevelDB, the subsystems) out of the
+// commands that only talk to the control API: those load the entry and small shared chunks, not the whole
+// agent (`km1s nodes` in ~0.05 s instead of ~0.11 s here; five times that on a Pi).
 import { mkdirSync, rmSync } from 'node:fs'
 import { build } from 'esbuild'
 
+// Old chunks would pile up beside new ones (their names carry a hash).
+rmSync('dist', { recursive: true, force: true })
 await build({
-  entryPoints: ['src/cli/main.ts'],
-  outfile: 'dist/km1s.mjs',
+  entryPoints: { km1s: 'src/cli/main.ts' },
+  outdir: 'dist',
+  outExtension: { '.js': '.mjs' },
+  splitting: true,
+  chunkNames: 'chunks/[name]-[hash]',
   bundle: true,
   platform: 'node',
   format: 'esm',

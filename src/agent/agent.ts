@@ -18,16 +18,7 @@ import { Scheduler } from '../scheduler/index.ts'
 import { HealthMonitor, SERVICE_CIDR, Services, serviceEndpoints } from '../services/index.ts'
 import { type NodeValue, Replication, Store, type WireRecord, type WorkloadValue } from '../state/index.ts'
 import { createHandlers } from './handlers.ts'
-import {
-  consumeTokenFile,
-  DEFAULT_TOKEN_FILE,
-  defaultNodeName,
-  isDatabaseLocked,
-  readNodeName,
-  writeNodeName,
-} from './setup.ts'
-
-export const DEFAULT_LISTEN = ['/ip4/0.0.0.0/tcp/4100']
+import { consumeTokenFile, defaultNodeName, isDatabaseLocked, readNodeName, writeNodeName } from './setup.ts'
 
 export interface AgentConfig {
   dataDir: string
@@ -384,5 +375,3 @@ async function openDatabase(path: string, pidFile: string, dataDir: string): Pro
   }
   return db
 }
-
-export { DEFAULT_TOKEN_FILE }

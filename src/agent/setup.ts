@@ -17,8 +17,6 @@ import {
   readClusterSecret,
 } from '../mesh/index.ts'
 
-export const DEFAULT_TOKEN_FILE = '/boot/firmware/km1s-token'
-
 const NodeName = z
   .string()
   .check(

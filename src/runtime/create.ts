@@ -7,10 +7,9 @@ import { detectOciRuntime } from './detect.ts'
 import { defaultLogRoot } from './logs.ts'
 import { instanceId, RuntimeNames } from './names.ts'
 import { ContainerRuntime } from './runtime.ts'
-import type { Runtime } from './types.ts'
+import type { Runtime, RuntimeChoice } from './types.ts'
 
-export type RuntimeChoice = 'auto' | 'oci' | 'process' | 'none'
-export const RUNTIME_CHOICES: readonly RuntimeChoice[] = ['auto', 'oci', 'process', 'none']
+export { RUNTIME_CHOICES, type RuntimeChoice } from './types.ts'
 
 export interface CreateRuntimeOptions {
   choice: RuntimeChoice

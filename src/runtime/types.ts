@@ -177,3 +177,7 @@ export interface Runtime {
   /** Calls `listener` when a container or one of its processes changes state; returns the unsubscribe. */
   onChange(listener: (status: ContainerStatus) => void): () => void
 }
+
+/** The agent's `--runtime` choices: `auto` is oci where this host allows it, else process. */
+export type RuntimeChoice = 'auto' | 'oci' | 'process' | 'none'
+export const RUNTIME_CHOICES: readonly RuntimeChoice[] = ['auto', 'oci', 'process', 'none']

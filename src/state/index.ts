@@ -7,6 +7,7 @@ export * from './keys.ts'
 export * from './merge.ts'
 export * from './record.ts'
 export { Replication, type ReplicationStats, STATE_TOPIC } from './replication.ts'
+export * from './sign.ts'
 export {
   type ApplyResult,
   type DropCounter,

@@ -1,7 +1,5 @@
 // The signed record, its canonical signing bytes, its wire form and the checks every incoming record
 // passes before it may be merged. A record that fails any check is dropped and counted, never merged.
-import type { PrivateKey } from '@libp2p/interface'
-import { peerIdFromPrivateKey, peerIdFromString } from '@libp2p/peer-id'
 import { Km1sError } from '../common/errors.ts'
 import * as z from '../common/schema.ts'
 import { RestartPolicy } from '../runtime/types.ts'
@@ -12,7 +10,7 @@ import { type KeyKind, MAX_KEY_BYTES, mayWrite, parseKey } from './keys.ts'
 export const MAX_RECORD_BYTES = 64 * 1024
 // JSON nesting deeper than this is refused before any recursive walk, so no input can blow the stack.
 export const MAX_VALUE_DEPTH = 32
-const SIG_BYTES = 64
+export const SIG_BYTES = 64
 const SIGNING_DOMAIN = 'km1s-record/1'
 
 export type JsonValue = null | boolean | number | string | JsonValue[] | { [key: string]: JsonValue }
@@ -306,26 +304,6 @@ export function signingBytes(r: UnsignedRecord): Uint8Array {
   return new TextEncoder().encode(text)
 }
 
-export async function signRecord(privateKey: PrivateKey, draft: RecordDraft): Promise<SignedRecord> {
-  const author = peerIdFromPrivateKey(privateKey).toString()
-  const unsigned: UnsignedRecord = { ...draft, author }
-  // A plain Uint8Array (Node hands back a Buffer), so signed and decoded records compare equal.
-  const sig = new Uint8Array(await privateKey.sign(signingBytes(unsigned)))
-  return { ...unsigned, sig }
-}
-
-/** True only when `sig` is the author's signature over exactly these fields. Never throws. */
-export async function verifyRecord(r: SignedRecord): Promise<boolean> {
-  try {
-    if (r.sig.length !== SIG_BYTES) return false
-    const peer = peerIdFromString(r.author)
-    if (peer.type !== 'Ed25519' || peer.toString() !== r.author) return false
-    return await peer.publicKey.verify(signingBytes(r), r.sig)
-  } catch {
-    return false
-  }
-}
-
 // The wire form: JSON, the clock in its sortable string form, the signature in base64url.
 export const WireRecord = z.strictObject({
   v: z.literal(1),
@@ -403,15 +381,4 @@ export function checkRecord(r: SignedRecord, now: number, opts: CheckOptions = {
   if (encodeRecord(r).length > (opts.maxRecordBytes ?? MAX_RECORD_BYTES))
     return { ok: false, reason: 'oversized' }
   return { ok: true }
-}
-
-/** The full gate for a record from the network: checkRecord, then the signature. */
-export async function validateIncoming(
-  r: SignedRecord,
-  now: number,
-  opts: CheckOptions = {},
-): Promise<Verdict> {
-  const verdict = checkRecord(r, now, opts)
-  if (!verdict.ok) return verdict
-  return (await verifyRecord(r)) ? verdict : { ok: false, reason: 'bad-signature' }
 }

@@ -15,11 +15,10 @@ import {
   fromWire,
   type JsonValue,
   type SignedRecord,
-  signRecord,
   toWire,
-  validateIncoming,
   type WireRecord,
 } from './record.ts'
+import { signRecord, validateIncoming } from './sign.ts'
 
 export const SCHEMA_VERSION = 1
 

@@ -1,12 +1,11 @@
 import { existsSync } from 'node:fs'
 import { type Command, InvalidArgumentError, Option } from 'commander'
-import { DEFAULT_LISTEN, DEFAULT_TOKEN_FILE, runAgent } from '../../agent/index.ts'
-import { initCluster } from '../../agent/setup.ts'
+import { DEFAULT_LISTEN, DEFAULT_TOKEN_FILE } from '../../agent/defaults.ts'
 import { Km1sError } from '../../common/errors.ts'
-import { createLogger, type LogLevel } from '../../common/logger.ts'
+import type { LogLevel } from '../../common/logger.ts'
 import { dataPaths } from '../../common/paths.ts'
-import { parseUpstream, type Upstream } from '../../dns/index.ts'
-import { RUNTIME_CHOICES, type RuntimeChoice } from '../../runtime/create.ts'
+import { parseUpstream, type Upstream } from '../../dns/upstream.ts'
+import { RUNTIME_CHOICES, type RuntimeChoice } from '../../runtime/types.ts'
 import { globals } from '../main.ts'
 
 interface AgentOptions {
@@ -132,7 +131,10 @@ function checkDetector(opts: AgentOptions): void {
 async function run(cmd: Command, opts: AgentOptions, banner: boolean): Promise<void> {
   const g = globals(cmd)
   checkDetector(opts)
+  const { createLogger } = await import('../../common/logger.ts')
   const logger = createLogger({ level: opts.logLevel, name: opts.name })
+  // Loaded here, not at the top: every other command stays a small API client (scripts/build.mjs).
+  const { runAgent } = await import('../../agent/run.ts')
   const code = await runAgent(
     {
       dataDir: g.dataDir,
@@ -194,6 +196,7 @@ export function registerAgentCommands(program: Command): void {
     // A token on the boot partition wins over creating a new cluster: the agent consumes it at start.
     checkDetector(opts)
     const joining = existsSync(opts.tokenFile) && !existsSync(dataPaths(g.dataDir).clusterKey)
+    const { initCluster } = await import('../../agent/setup.ts')
     if (!joining) await initCluster(g.dataDir, { name: opts.name })
     await run(cmd, opts, true)
   })

@@ -1,7 +1,9 @@
 import type { Command } from 'commander'
-import { initCluster, joinCluster, readJoinToken } from '../../agent/setup.ts'
 import { globals } from '../main.ts'
 import { printJson } from '../output.ts'
+
+/** Loaded when a command runs: it brings libp2p's keys and LevelDB, which the other commands never need. */
+const setupModule = () => import('../../agent/setup.ts')
 
 export function registerClusterCommands(program: Command): void {
   program
@@ -10,6 +12,7 @@ export function registerClusterCommands(program: Command): void {
     .option('--name <name>', "this node's name (default: the host name)")
     .action(async (opts: { name?: string }, cmd: Command) => {
       const g = globals(cmd)
+      const { initCluster } = await setupModule()
       const setup = await initCluster(g.dataDir, { name: opts.name })
       if (g.json)
         return printJson({ name: setup.name, id: setup.peerId, created: setup.created, token: setup.token })
@@ -27,6 +30,7 @@ export function registerClusterCommands(program: Command): void {
     .option('--force', 'move this data directory to another cluster')
     .action(async (token: string, opts: { name?: string; force?: boolean }, cmd: Command) => {
       const g = globals(cmd)
+      const { joinCluster } = await setupModule()
       const setup = await joinCluster(g.dataDir, token, opts)
       if (g.json) return printJson({ name: setup.name, id: setup.peerId })
       process.stdout.write(`Joined: node ${setup.name} (${setup.peerId}). Start it with 'km1s agent'.\n`)
@@ -37,6 +41,7 @@ export function registerClusterCommands(program: Command): void {
     .description("print this cluster's join token")
     .action(async (_opts: unknown, cmd: Command) => {
       const g = globals(cmd)
+      const { readJoinToken } = await setupModule()
       const token = await readJoinToken(g.dataDir)
       if (g.json) return printJson({ token })
       process.stdout.write(`${token}\n`)

@@ -1,6 +1,5 @@
 import type { Command } from 'commander'
 import { ApiClient, type StatusView } from '../../api/index.ts'
-import { runDoctor } from '../../doctor/index.ts'
 import { parseLabelChanges } from '../labels.ts'
 import { globals } from '../main.ts'
 import { humanBytes, humanDuration, printJson, printTable, shortId } from '../output.ts'
@@ -133,6 +132,7 @@ export function registerInfoCommands(program: Command): void {
     .description('what this host can and cannot do for km1s, and what to install or enable')
     .action(async (_opts: unknown, cmd: Command) => {
       const g = globals(cmd)
+      const { runDoctor } = await import('../../doctor/index.ts')
       const report = await runDoctor({ dataDir: g.dataDir, socket: g.socket })
       if (g.json) printJson(report)
       else {

@@ -6,11 +6,16 @@ import type { ApiClient as ApiClientType } from '../../api/client.ts'
 import { ApiClient } from '../../api/index.ts'
 import type { ReplicaView } from '../../api/schemas.ts'
 import { Km1sError } from '../../common/errors.ts'
-import { parseManifests, specHash, type WorkloadValue, workloadsToYaml } from '../../scheduler/workload.ts'
+import type { WorkloadValue } from '../../scheduler/workload.ts'
 import { globals } from '../main.ts'
 import { humanDuration, printJson, printTable } from '../output.ts'
-import { isLocalArtifact, type RunOptions, workloadFromFlags } from '../workload-flags.ts'
+import type { RunOptions } from '../workload-flags.ts'
 import { pushPath } from './artifacts.ts'
+
+// Workload parsing brings YAML and the record schemas (with libp2p's peer ids): loaded by the commands
+// that parse or hash a workload, so that ps, logs and the rest start without them (scripts/build.mjs).
+const workloadModule = () => import('../../scheduler/workload.ts')
+const flagsModule = () => import('../workload-flags.ts')
 
 const collect = (value: string, previous: string[]) => [...previous, value]
 
@@ -38,6 +43,7 @@ export function psRow(r: ReplicaView): string[] {
 
 /** Waits until every replica of each workload runs the current version on a live node. */
 async function waitRunning(client: ApiClientType, ws: WorkloadValue[], timeoutMs = 120_000): Promise<void> {
+  const { specHash } = await workloadModule()
   const deadline = Date.now() + timeoutMs
   for (;;) {
     const rows = await client.ps()
@@ -116,6 +122,7 @@ export function registerWorkloadCommands(program: Command): void {
     .option('--timeout <seconds>', 'how long --wait waits (default 120)', whole('--timeout'), 120)
     .action(async (name: string, command: string[], opts: RunOptions & { timeout: number }, cmd: Command) => {
       const g = globals(cmd)
+      const { isLocalArtifact, workloadFromFlags } = await flagsModule()
       workloadFromFlags(name, command, { ...opts, artifact: undefined }) // a bad flag fails before a push
       if (isLocalArtifact(opts.artifact)) {
         // A local path is pushed first (tag NAME:run) and the workload names its CID, so a changed
@@ -145,6 +152,7 @@ export function registerWorkloadCommands(program: Command): void {
     .action(async (opts: { file: string; wait?: boolean; timeout: number }, cmd: Command) => {
       const g = globals(cmd)
       // Every document is checked before anything is written: a bad manifest changes nothing.
+      const { parseManifests } = await workloadModule()
       const ws = parseManifests(await readManifest(opts.file), opts.file === '-' ? 'stdin' : opts.file)
       const client = new ApiClient(g.socket)
       const stored: WorkloadValue[] = []
@@ -166,6 +174,7 @@ export function registerWorkloadCommands(program: Command): void {
     .action(async (name: string | undefined, opts: { output: string }, cmd: Command) => {
       const g = globals(cmd)
       const client = new ApiClient(g.socket)
+      const { specHash, workloadsToYaml } = await workloadModule()
       let ws = await client.workloads()
       if (name !== undefined) {
         ws = ws.filter((w) => w.name === name)

@@ -16,13 +16,8 @@ import {
   supersedes,
   TOMBSTONE_HORIZON_MS,
 } from '../../../src/state/merge.ts'
-import {
-  type SignedRecord,
-  signingBytes,
-  signRecord,
-  type UnsignedRecord,
-  validateIncoming,
-} from '../../../src/state/record.ts'
+import { type SignedRecord, signingBytes, type UnsignedRecord } from '../../../src/state/record.ts'
+import { signRecord, validateIncoming } from '../../../src/state/sign.ts'
 
 const privateKeys = await Promise.all([0, 1, 2].map(() => generateKeyPair('Ed25519')))
 const peers = privateKeys.map((k) => peerIdFromPrivateKey(k).toString())

@@ -14,10 +14,8 @@ import {
   type RecordDraft,
   type SignedRecord,
   signingBytes,
-  signRecord,
-  validateIncoming,
-  verifyRecord,
 } from '../../../src/state/record.ts'
+import { signRecord, validateIncoming, verifyRecord } from '../../../src/state/sign.ts'
 
 const NOW = 1_700_000_000_000
 const keys = await Promise.all([0, 1].map(() => generateKeyPair('Ed25519')))

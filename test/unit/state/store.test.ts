@@ -19,10 +19,10 @@ import {
   MAX_RECORD_BYTES,
   type NodeValue,
   type SignedRecord,
-  signRecord,
   toWire,
   type WireRecord,
 } from '../../../src/state/record.ts'
+import { signRecord } from '../../../src/state/sign.ts'
 import {
   type ApplyResult,
   type MetaDb,

@@ -6,7 +6,8 @@ import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import fc from 'fast-check'
 import { BUCKETS, computeDigest, DIGEST_BYTES } from '../../../src/state/digest.ts'
 import { encodeHlc } from '../../../src/state/hlc.ts'
-import { checkRecord, encodeRecord, MAX_RECORD_BYTES, signRecord, toWire } from '../../../src/state/record.ts'
+import { checkRecord, encodeRecord, MAX_RECORD_BYTES, toWire } from '../../../src/state/record.ts'
+import { signRecord } from '../../../src/state/sign.ts'
 import {
   decodeFrame,
   encodeFrame,
