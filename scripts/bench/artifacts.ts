@@ -114,25 +114,24 @@ async function httpBaseline(seed: LabNode, pullers: LabNode[], file: string, dir
   }
 }
 
+/** The peak resident set of a process since its last reset (`clear_refs` 5), in bytes. */
+function vmHwm(pid: number): number {
+  const kb = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]
+  return Number(kb ?? 0) * 1024
+}
+
 async function km1sRun(seed: LabNode, pullers: LabNode[], file: string, ref: string) {
   const servedBefore = (await client(seed).artifactsStatus()).bytesServed
   const tPush = performance.now()
   await km1sOk(seed, ['push', file, '--name', ref])
   const pushMs = performance.now() - tPush
-  let peakRss = 0
-  let sampling = true
-  const sampler = (async () => {
-    while (sampling) {
-      const rss = await Promise.all(pullers.map(async (n) => (await client(n).status()).memory.rss))
-      peakRss = Math.max(peakRss, ...rss)
-      await new Promise((r) => setTimeout(r, 200))
-    }
-  })()
+  // Peak RSS from the kernel's high-water mark, reset first: polling each agent's API while it pulls would
+  // add work to the side being measured that the HTTP baseline does not have.
+  for (const n of pullers) writeFileSync(`/proc/${n.pid()}/clear_refs`, '5')
   const t0 = performance.now()
   const out = await Promise.all(pullers.map((n) => km1sOk(n, ['--json', 'pull', ref, '--arch', 'any'])))
   const ms = performance.now() - t0
-  sampling = false
-  await sampler
+  const peakRss = Math.max(...pullers.map((n) => vmHwm(n.pid() as number)))
   const served = (await client(seed).artifactsStatus()).bytesServed - servedBefore
   const all = await Promise.all(
     [seed, ...pullers].map(async (n) => (await client(n).artifactsStatus()).bytesServed),

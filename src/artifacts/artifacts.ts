@@ -353,7 +353,7 @@ export class Artifacts {
       const { manifest, badBlocks, peers } = await fetchArtifact(
         {
           blocks: this.#blocks,
-          candidates: (root, s) => this.#candidates(root, s),
+          candidates: (root, s, o) => this.#candidates(root, s, o),
           dial: async (peer, s) => {
             const conn = await this.#init.libp2p.dial(peerIdFromString(peer), { signal: s })
             const stream = await conn.newStream(BLOCKS_PROTOCOL, { signal: s })
@@ -370,7 +370,7 @@ export class Artifacts {
       )
       this.#manifests.set(key, manifest)
       this.#stats.badBlocksReceived += badBlocks
-      this.#provide(key)
+      this.#provideSoon(key)
       const dir = opts.checkout ? await this.#checkout(cid, manifest) : null
       return {
         cid: key,
@@ -571,6 +571,17 @@ export class Artifacts {
     })
   }
 
+  /**
+   * Provides a root just pulled a moment later, at a random point of the next few seconds: nodes that pull
+   * together finish together, and their DHT announcements (a lookup each, answered by every peer) would
+   * otherwise land on the swarm's last seconds. The connected peers ask this node directly meanwhile.
+   */
+  #provideSoon(root: string): void {
+    const t = setTimeout(() => this.#provide(root), 2_000 + Math.random() * 3_000)
+    t.unref()
+    this.#controller.signal.addEventListener('abort', () => clearTimeout(t), { once: true })
+  }
+
   #ban(peer: string, reason: string): void {
     this.#banned.set(peer, Date.now() + BAN_MS)
     this.#log.warn({ peer, reason }, 'peer banned for 10 minutes: it sent a corrupt block')
@@ -580,7 +591,7 @@ export class Artifacts {
    * Who may hold `root`: connected peers (they answer HAVE), the node that wrote its tag record, nodes
    * running a workload of it (status records) and providers on the DHT (looked up in the background, remembered for the next round).
    */
-  async #candidates(root: CID, signal: AbortSignal): Promise<string[]> {
+  async #candidates(root: CID, signal: AbortSignal, opts: { dht: boolean }): Promise<string[]> {
     const self = this.#init.libp2p.peerId.toString()
     const key = root.toString()
     const out = new Set<string>(this.#init.libp2p.getPeers().map((p) => p.toString()))
@@ -597,7 +608,7 @@ export class Artifacts {
         out.add(r.key.split('/')[1] ?? '')
     }
     let found = this.#dhtFound.get(key)
-    if (!found) {
+    if (!found && opts.dht) {
       found = new Set()
       this.#dhtFound.set(key, found)
       const into = found
@@ -609,7 +620,7 @@ export class Artifacts {
         .catch(() => {})
         .finally(() => setTimeout(() => this.#dhtFound.delete(key), 30_000).unref())
     }
-    for (const p of found) out.add(p)
+    for (const p of found ?? []) out.add(p)
     out.delete(self)
     out.delete('')
     return [...out]

@@ -1,20 +1,29 @@
-// The fast lane for blocks: a plain TCP connection beside the libp2p one, used for the block protocol's frames
-// once both sides agreed on it over their authenticated libp2p stream.
+// The fast lane for blocks: a TLS connection beside the libp2p one, keyed by a one-time pre-shared key, used
+// for the block protocol's frames once both sides agreed on it over their authenticated libp2p stream.
 //
 // Why: over libp2p every byte of a block passes pnet's cipher, noise's AEAD in 64 KiB messages, yamux framing
 // and the stream layers, each in JavaScript with its own copies. With 9 agents on 2 cores a 64 MiB swarm
-// spent ~18 CPU-seconds there (8× what plain HTTP needed for the same bytes); the same frames as one
-// ChaCha20-Poly1305 record per block over a bare socket cost ~3 ns a byte (docs/artifacts.md).
+// spent ~18 CPU-seconds there (8× what plain HTTP needed for the same bytes).
+//
+// Why TLS and not our own records: Node's ciphers hand back a new buffer for every call, and a new 1 MiB
+// buffer per block on each side made V8 run a full garbage collection every ~16 MiB moved (a third of the
+// swarm's CPU went to marking the heap). Node's TLS encrypts a write inside OpenSSL without a JavaScript
+// buffer, and a client decrypts into one buffer of its own (`onread`), so a block costs no allocation at all
+// (docs/artifacts.md). TLS 1.2 with a pre-shared key (RFC 4279) needs no certificates.
 //
 // How: the puller sends BULK on its /km1s/blocks stream (noise-encrypted and bound to the provider's peer id);
-// the provider answers with a port, a one-time 16-byte ticket and a fresh 32-byte secret. The puller connects
-// to the provider's address on that port and sends the ticket; from then on both directions are records
-// [u32 length][ChaCha20-Poly1305(frame)], keyed by HKDF(secret, ticket, direction), nonces counting up. A
-// record that fails its check ends the connection. Nobody without the secret can read or forge a frame; a
-// stolen ticket only spoils that one lane, and the puller falls back to its libp2p stream, as it does when
-// the port cannot be reached (a firewall) or the provider is a km1s without the fast lane.
-import { createCipheriv, createDecipheriv, hkdfSync, randomBytes } from 'node:crypto'
-import net from 'node:net'
+// the provider answers with a port, a one-time 16-byte ticket and a fresh 32-byte secret. The puller opens
+// TLS to the provider's address on that port with the ticket as its PSK identity and the secret as the key:
+// the handshake succeeds only with both, once. From then on both directions carry frames [u32 length][frame].
+// AES-128-GCM where the provider's CPU has AES instructions, ChaCha20-Poly1305 where it has not (a Raspberry
+// Pi before the 5). A record that fails its check ends the connection; a stolen ticket only spoils that one
+// lane, and the puller falls back to its libp2p stream, as it does when the port cannot be reached (a
+// firewall) or the provider is a km1s without the fast lane.
+
+import { randomBytes } from 'node:crypto'
+import { readFileSync } from 'node:fs'
+import type net from 'node:net'
+import tls from 'node:tls'
 import type { Stream } from '@libp2p/interface'
 import { lpStream } from '@libp2p/utils'
 import { Km1sError } from '../common/errors.ts'
@@ -22,10 +31,12 @@ import type { Logger } from '../common/logger.ts'
 
 /** The block protocol's frames, over a libp2p stream or a fast lane. */
 export interface FrameChannel {
-  /** 'bulk' seals a frame before write() returns, so the caller may reuse the frame's buffer at once. */
+  /** 'bulk' is done with a frame's buffer when write() resolves, so the caller may then reuse it. */
   readonly kind: 'libp2p' | 'bulk'
   read(signal: AbortSignal): Promise<Uint8Array>
   write(frame: Uint8Array, signal: AbortSignal): Promise<void>
+  /** Hands a frame from read() back once nothing holds it any more: its buffer carries a later frame. */
+  release?(frame: Uint8Array): void
   /** Ends the channel; a pending read rejects. */
   abort(err: Error): void
 }
@@ -44,7 +55,6 @@ export function lpChannel(stream: Stream, maxDataLength: number, maxBufferSize?:
 const TICKET_BYTES = 16
 const SECRET_BYTES = 32
 export const OFFER_BYTES = 2 + TICKET_BYTES + SECRET_BYTES
-const TAG_BYTES = 16
 const HEADER_BYTES = 4
 
 export interface Offer {
@@ -72,92 +82,102 @@ export function decodeOffer(bytes: Uint8Array): Offer | undefined {
   }
 }
 
-type Direction = 'puller' | 'provider'
-
-function laneKey(o: Offer, from: Direction): Buffer {
-  return Buffer.from(hkdfSync('sha256', o.secret, o.ticket, `km1s bulk/1 from ${from}`, 32))
+/** True when this CPU has AES instructions (x86 `aes`, Arm `aes` feature); unknown counts as not. */
+export function cpuHasAes(cpuinfo: string): boolean {
+  return /^(flags|Features)\s*:.*\baes\b/m.test(cpuinfo)
 }
 
-function nonce(n: number): Buffer {
-  const iv = Buffer.alloc(12)
-  iv.writeUIntLE(n, 0, 6)
-  return iv
+/** The lane's cipher suites, the provider's preferred first (it decides: `honorCipherOrder`). */
+export function laneCiphers(hasAes: boolean): string {
+  const aes = 'PSK-AES128-GCM-SHA256'
+  const chacha = 'PSK-CHACHA20-POLY1305'
+  return hasAes ? `${aes}:${chacha}` : `${chacha}:${aes}`
 }
 
-/** Seals frames into records, in order (the nonce counts frames). */
-export function sealer(key: Uint8Array): (frame: Uint8Array) => Buffer[] {
-  let n = 0
-  return (frame) => {
-    const c = createCipheriv('chacha20-poly1305', key, nonce(n++), { authTagLength: TAG_BYTES })
-    const body = c.update(frame)
-    c.final()
-    const header = Buffer.allocUnsafe(HEADER_BYTES)
-    header.writeUInt32BE(body.length + TAG_BYTES)
-    return [header, body, c.getAuthTag()]
-  }
-}
-
-/** Opens records in order; undefined for one that fails its check (then the lane is spoiled). */
-export function opener(key: Uint8Array): (record: Uint8Array) => Buffer | undefined {
-  let n = 0
-  return (record) => {
-    if (record.length < TAG_BYTES) return undefined
-    const d = createDecipheriv('chacha20-poly1305', key, nonce(n++), { authTagLength: TAG_BYTES })
-    d.setAuthTag(record.subarray(record.length - TAG_BYTES))
-    const out = d.update(record.subarray(0, record.length - TAG_BYTES))
+let ciphers: string | undefined
+function localCiphers(): string {
+  if (ciphers === undefined) {
+    let info = ''
     try {
-      d.final()
+      info = readFileSync('/proc/cpuinfo', 'utf8')
     } catch {
-      return undefined
+      // not Linux, or no /proc: ChaCha20 first is fast everywhere
     }
-    return out
+    ciphers = laneCiphers(cpuHasAes(info))
   }
+  return ciphers
 }
+
+const TLS_BASE = { minVersion: 'TLSv1.2', maxVersion: 'TLSv1.2' } as const
+
+/** Frames up to this size are read into a buffer of their own; larger ones (blocks) into a lane's pool. */
+const POOLED_FROM = 64 << 10
 
 /**
- * Cuts a byte stream into records of at most `maxRecord` bytes, each handed to `onRecord` before the next is
- * read into the same buffer (one buffer per lane, not one per block); throws on a longer one (garbage).
+ * Cuts a byte stream into frames of at most `maxFrame` bytes and hands each to `onFrame`; throws on a longer or
+ * empty one (garbage). A large frame is read into a buffer from a small pool that release() refills, so a
+ * lane that moves blocks allocates nothing per block.
  */
-export class RecordReader {
+export class FrameReader {
   readonly #max: number
+  readonly #poolSize: number
   readonly #header = Buffer.alloc(HEADER_BYTES)
+  readonly #pool: Buffer[] = []
+  readonly #pooled = new WeakSet<ArrayBufferLike>()
   #headerHave = 0
-  #buffer: Buffer = Buffer.alloc(0)
-  #record: Buffer | undefined
+  #frame: Buffer | undefined
   #have = 0
 
-  constructor(maxRecord: number) {
-    this.#max = maxRecord
+  constructor(maxFrame: number, poolSize = 6) {
+    this.#max = maxFrame
+    this.#poolSize = poolSize
   }
 
-  push(chunk: Uint8Array, onRecord: (record: Buffer) => boolean): void {
+  push(chunk: Uint8Array, onFrame: (frame: Buffer) => boolean): void {
     let off = 0
     while (off < chunk.length) {
-      if (!this.#record) {
+      if (!this.#frame) {
         const take = Math.min(HEADER_BYTES - this.#headerHave, chunk.length - off)
         this.#header.set(chunk.subarray(off, off + take), this.#headerHave)
         this.#headerHave += take
         off += take
         if (this.#headerHave < HEADER_BYTES) break
         const len = this.#header.readUInt32BE(0)
-        if (len > this.#max || len < TAG_BYTES)
-          throw new Km1sError('ERR_BLOCKS_PROTOCOL', `a fast-lane record of ${len} bytes`)
-        if (this.#buffer.length < len) this.#buffer = Buffer.allocUnsafe(len)
-        this.#record = this.#buffer.subarray(0, len)
+        if (len > this.#max || len === 0)
+          throw new Km1sError('ERR_BLOCKS_PROTOCOL', `a fast-lane frame of ${len} bytes`)
+        this.#frame = this.#take(len)
         this.#have = 0
         this.#headerHave = 0
         continue
       }
-      const take = Math.min(this.#record.length - this.#have, chunk.length - off)
-      this.#record.set(chunk.subarray(off, off + take), this.#have)
+      const take = Math.min(this.#frame.length - this.#have, chunk.length - off)
+      this.#frame.set(chunk.subarray(off, off + take), this.#have)
       this.#have += take
       off += take
-      if (this.#have === this.#record.length) {
-        const record = this.#record
-        this.#record = undefined
-        if (!onRecord(record)) return
+      if (this.#have === this.#frame.length) {
+        const frame = this.#frame
+        this.#frame = undefined
+        if (!onFrame(frame)) return
       }
     }
+  }
+
+  #take(len: number): Buffer {
+    if (len < POOLED_FROM) return Buffer.allocUnsafe(len)
+    const buf = this.#pool.pop() ?? this.#fresh()
+    return buf.subarray(0, len)
+  }
+
+  #fresh(): Buffer {
+    const buf = Buffer.allocUnsafeSlow(this.#max)
+    this.#pooled.add(buf.buffer)
+    return buf
+  }
+
+  /** A frame this reader made, given back: its buffer serves a later frame. Others are ignored. */
+  release(frame: Uint8Array): void {
+    if (!this.#pooled.has(frame.buffer) || this.#pool.length >= this.#poolSize) return
+    this.#pool.push(Buffer.from(frame.buffer, 0, this.#max))
   }
 }
 
@@ -168,39 +188,30 @@ const READ_AHEAD = 4
 
 class SocketChannel implements FrameChannel {
   readonly kind = 'bulk'
-  readonly #socket: net.Socket
-  readonly #seal: (frame: Uint8Array) => Buffer[]
-  readonly #open: (record: Uint8Array) => Buffer | undefined
-  readonly #records: RecordReader
+  readonly #socket: tls.TLSSocket
   readonly #frames: Buffer[] = []
+  readonly #reader: FrameReader
   #waiter: { resolve: (f: Buffer) => void; reject: (e: Error) => void } | undefined
   #error: Error | undefined
 
-  /**
-   * `early`: bytes that arrived with the ticket. `fed`: the socket reads into a buffer of its own (`onread`)
-   * and its callback calls feed(); otherwise the channel listens for 'data'.
-   */
+  /** `fed`: the socket reads into a buffer of its own (`onread`) whose callback calls feed(). */
   constructor(
-    socket: net.Socket,
-    offer: Offer,
-    me: Direction,
+    socket: tls.TLSSocket,
+    role: 'puller' | 'provider',
     maxRead: number,
-    opts: { early?: Uint8Array; fed?: boolean } = {},
+    opts: { fed?: boolean } = {},
   ) {
     this.#socket = socket
-    this.#seal = sealer(laneKey(offer, me))
-    this.#open = opener(laneKey(offer, me === 'puller' ? 'provider' : 'puller'))
-    this.#records = new RecordReader(maxRead + TAG_BYTES)
+    this.#reader = new FrameReader(maxRead, READ_AHEAD + 2)
     socket.setNoDelay(true)
     // A puller asks HAVE every 250 ms while it pulls: a provider's lane idle for a minute belongs to a puller
     // that is gone without a word (power cut), and is closed. The puller has its own request timeouts.
-    socket.setTimeout(me === 'provider' ? LANE_IDLE_MS : 0)
-    if (me === 'provider')
+    socket.setTimeout(role === 'provider' ? LANE_IDLE_MS : 0)
+    if (role === 'provider')
       socket.on('timeout', () => this.abort(new Km1sError('ERR_BLOCKS_PROTOCOL', 'the fast lane went quiet')))
     if (!opts.fed) socket.on('data', (chunk: Buffer) => this.#onData(chunk))
     socket.on('error', (err) => this.#end(err))
     socket.on('close', () => this.#end(new Km1sError('ERR_BLOCKS_PROTOCOL', 'the fast lane closed')))
-    if (opts.early && opts.early.length > 0) this.#onData(opts.early)
   }
 
   /** Bytes read into the socket's own buffer (copied out before this returns); false pauses the socket. */
@@ -212,12 +223,7 @@ class SocketChannel implements FrameChannel {
   #onData(chunk: Uint8Array): void {
     if (this.#error) return
     try {
-      this.#records.push(chunk, (r) => {
-        const frame = this.#open(r)
-        if (!frame) {
-          this.abort(new Km1sError('ERR_BLOCKS_PROTOCOL', 'a fast-lane record failed its check'))
-          return false
-        }
+      this.#reader.push(chunk, (frame) => {
         if (this.#waiter) {
           const w = this.#waiter
           this.#waiter = undefined
@@ -267,28 +273,31 @@ class SocketChannel implements FrameChannel {
     })
   }
 
+  release(frame: Uint8Array): void {
+    this.#reader.release(frame)
+  }
+
+  /** Resolves once TLS has taken the frame (encrypted, handed to the kernel): its buffer is free again. */
   async write(frame: Uint8Array, signal: AbortSignal): Promise<void> {
     if (this.#error) throw this.#error
     const s = this.#socket
-    s.cork()
-    let ok = true
-    for (const part of this.#seal(frame)) ok = s.write(part)
-    s.uncork()
-    if (ok) return
+    const header = Buffer.allocUnsafe(HEADER_BYTES)
+    header.writeUInt32BE(frame.length)
     await new Promise<void>((resolve, reject) => {
-      const done = (err?: Error) => {
-        s.off('drain', onDrain)
-        s.off('close', onClose)
+      const onAbort = () => reject(signal.reason as Error)
+      signal.addEventListener('abort', onAbort, { once: true })
+      const done = (err?: Error | null) => {
         signal.removeEventListener('abort', onAbort)
-        if (err) reject(err)
+        if (err) reject(this.#error ?? err)
         else resolve()
       }
-      const onDrain = () => done()
-      const onClose = () => done(this.#error ?? new Km1sError('ERR_BLOCKS_PROTOCOL', 'the fast lane closed'))
-      const onAbort = () => done(signal.reason as Error)
-      s.on('drain', onDrain)
-      s.on('close', onClose)
-      signal.addEventListener('abort', onAbort, { once: true })
+      if (frame.length < POOLED_FROM) {
+        s.write(Buffer.concat([header, frame]), done)
+        return
+      }
+      // Two writes, not a corked pair: TLS would copy a pair into one new buffer before encrypting it.
+      s.write(header)
+      s.write(frame, done)
     })
   }
 
@@ -301,33 +310,35 @@ class SocketChannel implements FrameChannel {
 export interface BulkServerStats {
   /** Fast lanes opened to this node (it served blocks on them). */
   lanes: number
-  /** Connections refused: no valid ticket in time, or too many waiting. */
+  /** Connections refused: no valid ticket (wrong, spent, expired, none within the handshake time), or too many. */
   refused: number
 }
 
 interface Ticket {
-  offer: Offer
+  secret: Buffer
   maxRead: number
   onLane: (ch: FrameChannel) => void
   timer: NodeJS.Timeout
 }
 
-/** The provider's side: one listening socket, lanes handed out by ticket. */
+/** The provider's side: one TLS listener, lanes handed out by ticket (the PSK identity). */
 export class BulkServer {
   readonly #log: Logger
   readonly #tickets = new Map<string, Ticket>()
+  readonly #claimed = new WeakMap<tls.TLSSocket, Ticket>()
   readonly #sockets = new Set<net.Socket>()
   readonly #ticketTtlMs: number
-  readonly #maxWaiting: number
-  #server: net.Server | undefined
+  readonly #maxConnections: number
+  readonly #handshakeMs: number
+  #server: tls.Server | undefined
   #port = 0
-  #waiting = 0
   #stats: BulkServerStats = { lanes: 0, refused: 0 }
 
-  constructor(opts: { logger: Logger; ticketTtlMs?: number; maxWaiting?: number }) {
+  constructor(opts: { logger: Logger; ticketTtlMs?: number; maxConnections?: number; handshakeMs?: number }) {
     this.#log = opts.logger
     this.#ticketTtlMs = opts.ticketTtlMs ?? 5_000
-    this.#maxWaiting = opts.maxWaiting ?? 32
+    this.#maxConnections = opts.maxConnections ?? 64
+    this.#handshakeMs = opts.handshakeMs ?? 2_000
   }
 
   get port(): number {
@@ -340,7 +351,29 @@ export class BulkServer {
 
   /** Listens on an ephemeral port on every address; resolves false if it cannot (no fast lane then). */
   async start(): Promise<boolean> {
-    const server = net.createServer((s) => this.#accept(s))
+    const server = tls.createServer(
+      {
+        ...TLS_BASE,
+        ciphers: localCiphers(),
+        honorCipherOrder: true,
+        handshakeTimeout: this.#handshakeMs,
+        pskCallback: (socket, identity) => this.#claim(socket, identity),
+      },
+      (socket) => this.#secured(socket),
+    )
+    // At most this many connections, lanes and handshakes together: a flood of sockets that never finish a
+    // handshake (each ends after `handshakeMs`) cannot take more, and a puller refused here uses its stream.
+    server.maxConnections = this.#maxConnections
+    server.on('drop', () => {
+      this.#stats.refused++
+    })
+    server.on('connection', (raw: net.Socket) => this.#connection(raw))
+    // A wrong or spent ticket, a silent socket, garbage: the handshake fails and the socket is gone.
+    // Node leaves the socket open after a handshake timeout: closed here.
+    server.on('tlsClientError', (_err, socket) => {
+      this.#stats.refused++
+      socket.destroy()
+    })
     server.on('error', (err) => this.#log.warn({ err: err.message }, 'the fast lane for blocks failed'))
     const ok = await new Promise<boolean>((resolve) => {
       server.once('error', () => resolve(false))
@@ -372,52 +405,43 @@ export class BulkServer {
     const key = Buffer.from(offer.ticket).toString('hex')
     const timer = setTimeout(() => this.#tickets.delete(key), this.#ticketTtlMs)
     timer.unref()
-    this.#tickets.set(key, { offer, maxRead, onLane, timer })
+    this.#tickets.set(key, { secret: Buffer.from(offer.secret), maxRead, onLane, timer })
     return encodeOffer(offer)
   }
 
-  #accept(socket: net.Socket): void {
-    if (!this.#server || this.#waiting >= this.#maxWaiting) {
+  /** Every TCP connection, so that stop() can end it (the lanes and those still in their handshake). */
+  #connection(raw: net.Socket): void {
+    this.#sockets.add(raw)
+    raw.once('close', () => this.#sockets.delete(raw))
+  }
+
+  /** The PSK for a ticket, once: a second handshake with it, or one after its time, fails. */
+  #claim(socket: tls.TLSSocket, identity: string): Buffer | null {
+    const t = this.#tickets.get(identity)
+    if (!t) return null
+    this.#tickets.delete(identity)
+    clearTimeout(t.timer)
+    this.#claimed.set(socket, t)
+    return t.secret
+  }
+
+  #secured(socket: tls.TLSSocket): void {
+    const t = this.#claimed.get(socket)
+    if (!t) {
       this.#stats.refused++
       socket.destroy()
       return
     }
-    this.#waiting++
-    this.#sockets.add(socket)
-    socket.on('close', () => this.#sockets.delete(socket))
+    this.#stats.lanes++
     socket.on('error', () => {})
-    let got = Buffer.alloc(0)
-    let settled = false
-    const refuse = () => {
-      if (settled) return
-      settled = true
-      this.#waiting--
-      this.#stats.refused++
-      socket.destroy()
-    }
-    socket.setTimeout(2_000, refuse)
-    const onData = (chunk: Buffer) => {
-      got = Buffer.concat([got, chunk])
-      if (got.length < TICKET_BYTES) return
-      socket.off('data', onData)
-      const key = got.subarray(0, TICKET_BYTES).toString('hex')
-      const t = this.#tickets.get(key)
-      if (!t) return refuse()
-      this.#tickets.delete(key)
-      clearTimeout(t.timer)
-      settled = true
-      this.#waiting--
-      this.#stats.lanes++
-      t.onLane(
-        new SocketChannel(socket, t.offer, 'provider', t.maxRead, { early: got.subarray(TICKET_BYTES) }),
-      )
-    }
-    socket.on('data', onData)
-    socket.once('close', refuse)
+    t.onLane(new SocketChannel(socket, 'provider', t.maxRead))
   }
 }
 
-/** The puller's side: connects to an offer made on the stream to `host`; rejects within `timeoutMs`. */
+/**
+ * The puller's side: TLS to an offer made on the stream to `host`; resolves once the handshake proved the
+ * ticket and secret, rejects within `timeoutMs`.
+ */
 export function connectLane(
   host: string,
   offerBytes: Uint8Array,
@@ -428,17 +452,27 @@ export function connectLane(
   const offer = decodeOffer(offerBytes)
   if (!offer) return Promise.reject(new Km1sError('ERR_BLOCKS_PROTOCOL', 'a malformed fast-lane offer'))
   return new Promise<FrameChannel>((resolve, reject) => {
-    // The puller receives whole blocks: the socket reads into one buffer (no new 64 KiB buffer per read,
-    // which kept the GC busy), and the lane copies each chunk into its record before the next read.
+    // The puller receives whole blocks: TLS decrypts into one buffer (no new buffer per read), and the lane
+    // copies each chunk into its frame before the next read.
     let lane: SocketChannel | undefined
-    const socket = net.connect({
+    // Node reads a TLS client into a buffer of its own since v15.1 (`onread`); @types/node does not list it.
+    const options: tls.ConnectionOptions & { onread: net.OnReadOpts } = {
+      ...TLS_BASE,
       host,
       port: offer.port,
+      ciphers: localCiphers(),
+      pskCallback: () => ({
+        psk: Buffer.from(offer.secret),
+        identity: Buffer.from(offer.ticket).toString('hex'),
+      }),
+      // No certificate in a PSK handshake, and no host name to check: the key is the proof.
+      checkServerIdentity: () => undefined,
       onread: {
         buffer: Buffer.allocUnsafe(64 << 10),
         callback: (n, buf) => lane?.feed(buf.subarray(0, n)) ?? true,
       },
-    })
+    }
+    const socket = tls.connect(options)
     const fail = (err: Error) => {
       clearTimeout(timer)
       signal.removeEventListener('abort', onAbort)
@@ -452,12 +486,11 @@ export function connectLane(
     )
     signal.addEventListener('abort', onAbort, { once: true })
     socket.once('error', fail)
-    socket.once('connect', () => {
+    socket.once('secureConnect', () => {
       clearTimeout(timer)
       signal.removeEventListener('abort', onAbort)
       socket.off('error', fail)
-      socket.write(offer.ticket)
-      lane = new SocketChannel(socket, offer, 'puller', maxRead, { fed: true })
+      lane = new SocketChannel(socket, 'puller', maxRead, { fed: true })
       resolve(lane)
     })
   })

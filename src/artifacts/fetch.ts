@@ -36,8 +36,11 @@ export interface PullProgress {
 
 export interface FetchDeps {
   blocks: FileBlockstore
-  /** Peers that may hold `root` (DHT, records, connected peers), banned ones excluded. */
-  candidates(root: CID, signal: AbortSignal): Promise<string[]>
+  /**
+   * Peers that may hold `root`: connected peers and records, and with `dht` the DHT's providers too (a
+   * lookup that costs every peer work, so asked for only when the others do not serve).
+   */
+  candidates(root: CID, signal: AbortSignal, opts: { dht: boolean }): Promise<string[]>
   /** A block stream to `peer`, and the IP address its connection reached (for a fast lane). */
   dial(peer: string, signal: AbortSignal): Promise<{ stream: Stream; host?: string | undefined }>
   /** Ask each provider for a fast lane (bulk.ts) and use it when it can be reached. */
@@ -112,6 +115,7 @@ class FetchSession {
   readonly #log: Logger
   readonly #providers = new Map<string, Provider>()
   readonly #tried = new Set<string>()
+  #discoveries = 0
   readonly #used = new Set<string>()
   #manifest: Manifest | undefined
   #chunks: CID[] = []
@@ -169,7 +173,10 @@ class FetchSession {
         this.#log.warn(this.#describe(), 'pull stalled')
         throw this.#unavailable()
       }
-      if (now - lastDiscovery > (this.#providers.size === 0 ? 300 : 2_000)) {
+      // Looked for often while nothing is asked of anyone: no provider yet, or none that offers a missing
+      // chunk now (a seeder resting the last ones, pullers that had nothing yet when first asked).
+      const stuck = this.#providers.size === 0 || (this.#missing.size > 0 && this.#inFlight.size === 0)
+      if (now - lastDiscovery > (stuck ? 300 : 2_000)) {
         lastDiscovery = now
         void this.#discover()
       }
@@ -274,8 +281,12 @@ class FetchSession {
 
   async #discover(): Promise<void> {
     let peers: string[]
+    // The first round asks connected peers and the records; the DHT only when that found nobody to serve
+    // (in a LAN cluster every node is connected and the first round is enough: eight pulls that each asked
+    // the DHT at once spent a third of the swarm's CPU in kad's handlers).
+    const dht = this.#discoveries++ > 0 && (this.#providers.size === 0 || this.#inFlight.size === 0)
     try {
-      peers = await this.#d.candidates(this.#root, this.#signal)
+      peers = await this.#d.candidates(this.#root, this.#signal, { dht })
     } catch {
       return
     }
@@ -285,7 +296,7 @@ class FetchSession {
         if (this.#providers.has(peer) || this.#providers.size >= max || this.#d.isBanned(peer)) return
         if (this.#tried.has(peer)) return
         this.#tried.add(peer)
-        setTimeout(() => this.#tried.delete(peer), 3_000).unref()
+        setTimeout(() => this.#tried.delete(peer), 1_000).unref()
         try {
           const signal = AbortSignal.any([this.#signal, AbortSignal.timeout(3_000)])
           const { stream, host } = await this.#d.dial(peer, signal)
@@ -375,6 +386,8 @@ class FetchSession {
           }
         } else if (status === ANS_BLOCK) {
           await this.#receive(p, pending, body)
+          // A chunk is on disk now and nothing holds its bytes: the lane reads a later block into them.
+          if (pending.op === 'want') p.channel.release?.(answer)
         } else throw new Km1sError('ERR_BLOCKS_PROTOCOL', `an answer of status ${status}`)
         this.#schedule()
         this.#poke()
