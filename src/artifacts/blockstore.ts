@@ -73,8 +73,8 @@ export class FileBlockstore {
   /**
    * The block read into a buffer `headroom` bytes into it (the first bytes left for a frame header, so a
    * provider sends it without copying a MiB), checked against the CID like get(). With `into` (large enough)
-   * the block is read into that buffer instead of a new one: a sender that copies it out at once (the fast
-   * lane seals it) reuses one buffer for every block.
+   * the block is read into that buffer instead of a new one: a sender that is done with it before the next
+   * read (the fast lane's write resolves once TLS has taken it) reuses one buffer for every block.
    */
   async getWithHeadroom(cid: CID, headroom: number, into?: Buffer): Promise<Buffer | undefined> {
     const key = cid.toString()

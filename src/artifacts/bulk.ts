@@ -22,12 +22,18 @@
 
 import { randomBytes } from 'node:crypto'
 import { readFileSync } from 'node:fs'
+import { createRequire } from 'node:module'
 import type net from 'node:net'
-import tls from 'node:tls'
+import type * as TLS from 'node:tls'
 import type { Stream } from '@libp2p/interface'
 import { lpStream } from '@libp2p/utils'
 import { Km1sError } from '../common/errors.ts'
 import type { Logger } from '../common/logger.ts'
+
+// node:tls through require, not `import`: an ESM import of a builtin reads every export for its facade, and
+// node:tls's `rootCertificates` getter then parses Node's bundled CA certificates (1.5 MiB of heap in every
+// agent; a PSK lane needs none). See common/http.ts.
+const tls = createRequire(import.meta.url)('node:tls') as typeof TLS
 
 /** The block protocol's frames, over a libp2p stream or a fast lane. */
 export interface FrameChannel {
@@ -188,7 +194,7 @@ const READ_AHEAD = 4
 
 class SocketChannel implements FrameChannel {
   readonly kind = 'bulk'
-  readonly #socket: tls.TLSSocket
+  readonly #socket: TLS.TLSSocket
   readonly #frames: Buffer[] = []
   readonly #reader: FrameReader
   #waiter: { resolve: (f: Buffer) => void; reject: (e: Error) => void } | undefined
@@ -196,7 +202,7 @@ class SocketChannel implements FrameChannel {
 
   /** `fed`: the socket reads into a buffer of its own (`onread`) whose callback calls feed(). */
   constructor(
-    socket: tls.TLSSocket,
+    socket: TLS.TLSSocket,
     role: 'puller' | 'provider',
     maxRead: number,
     opts: { fed?: boolean } = {},
@@ -325,12 +331,12 @@ interface Ticket {
 export class BulkServer {
   readonly #log: Logger
   readonly #tickets = new Map<string, Ticket>()
-  readonly #claimed = new WeakMap<tls.TLSSocket, Ticket>()
+  readonly #claimed = new WeakMap<TLS.TLSSocket, Ticket>()
   readonly #sockets = new Set<net.Socket>()
   readonly #ticketTtlMs: number
   readonly #maxConnections: number
   readonly #handshakeMs: number
-  #server: tls.Server | undefined
+  #server: TLS.Server | undefined
   #port = 0
   #stats: BulkServerStats = { lanes: 0, refused: 0 }
 
@@ -416,7 +422,7 @@ export class BulkServer {
   }
 
   /** The PSK for a ticket, once: a second handshake with it, or one after its time, fails. */
-  #claim(socket: tls.TLSSocket, identity: string): Buffer | null {
+  #claim(socket: TLS.TLSSocket, identity: string): Buffer | null {
     const t = this.#tickets.get(identity)
     if (!t) return null
     this.#tickets.delete(identity)
@@ -425,7 +431,7 @@ export class BulkServer {
     return t.secret
   }
 
-  #secured(socket: tls.TLSSocket): void {
+  #secured(socket: TLS.TLSSocket): void {
     const t = this.#claimed.get(socket)
     if (!t) {
       this.#stats.refused++
@@ -456,7 +462,7 @@ export function connectLane(
     // copies each chunk into its frame before the next read.
     let lane: SocketChannel | undefined
     // Node reads a TLS client into a buffer of its own since v15.1 (`onread`); @types/node does not list it.
-    const options: tls.ConnectionOptions & { onread: net.OnReadOpts } = {
+    const options: TLS.ConnectionOptions & { onread: net.OnReadOpts } = {
       ...TLS_BASE,
       host,
       port: offer.port,
