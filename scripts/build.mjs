@@ -3,8 +3,37 @@
 // file by file (PLATFORM.md). Code splitting keeps the agent (libp2p, LevelDB, the subsystems) out of the
 // commands that only talk to the control API: those load the entry and small shared chunks, not the whole
 // agent (`km1s nodes` in ~0.05 s instead of ~0.11 s here; five times that on a Pi).
-import { mkdirSync, rmSync } from 'node:fs'
+import { mkdirSync, readFileSync, rmSync } from 'node:fs'
 import { build } from 'esbuild'
+
+/**
+ * Small source patches to dependencies, applied as the bundle is built. Each names its file, the exact text it
+ * replaces (the build fails when an upgrade changed it: look again whether the patch is still needed) and why.
+ */
+const PATCHES = [
+  {
+    // @libp2p/utils' length-prefixed decoder (noise frames, every length-prefixed stream) asks the length
+    // decoder for the next frame's length after consuming every whole frame, and the length decoder throws a
+    // RangeError when no byte is left: one exception with a stack trace per chunk received on every
+    // connection, ~4 % of an idle agent's CPU in a 10-node lab (docs/mesh.md). An empty buffer has no frame.
+    file: /@libp2p[\\/]utils[\\/]dist[\\/]src[\\/]length-prefixed-decoder\.js$/,
+    find: '        while (true) {\n            let dataLength;',
+    replace: '        while (this.buffer.byteLength > 0) {\n            let dataLength;',
+  },
+]
+
+const patchPlugin = {
+  name: 'km1s-patches',
+  setup(b) {
+    for (const p of PATCHES) {
+      b.onLoad({ filter: p.file }, (args) => {
+        const text = readFileSync(args.path, 'utf8')
+        if (!text.includes(p.find)) throw new Error(`scripts/build.mjs: the patch for ${args.path} no longer applies`)
+        return { contents: text.replace(p.find, p.replace), loader: 'js' }
+      })
+    }
+  },
+}
 
 // Old chunks would pile up beside new ones (their names carry a hash).
 rmSync('dist', { recursive: true, force: true })
@@ -31,6 +60,7 @@ await build({
   banner: {
     js: "import { createRequire as __km1sCreateRequire } from 'node:module'; const require = __km1sCreateRequire(import.meta.url);",
   },
+  plugins: [patchPlugin],
   logLevel: 'warning',
 })
 
