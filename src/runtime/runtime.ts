@@ -52,7 +52,15 @@ import {
   renderResolvConf,
   withStartGate,
 } from './oci.ts'
-import { type PauseNetwork, pauseFile, type SpawnedPause, spawnPause } from './pause.ts'
+import {
+  type ForkedPause,
+  type PauseNetwork,
+  type PauseRequest,
+  pauseEnv,
+  pauseFile,
+  type SpawnedPause,
+  spawnPause,
+} from './pause.ts'
 import { gatedCommand, shimFile, spawnShim, waitForPidFile } from './shim.ts'
 import {
   ContainerSpec,
@@ -144,6 +152,10 @@ interface Ctr {
   /** Resolves once the first gated shim is spawned (or will not be): the pause is spawned next. */
   shimSpawned: Promise<void>
   shimSpawnedNow: () => void
+  /** A new container's pause, for the first gated shim to fork (taken by it). */
+  pauseRequest: Promise<PauseRequest | undefined> | undefined
+  /** The pause the first gated shim forked, for #makeContainer to follow (taken by it). */
+  forkedPause: ForkedPause | undefined
   /** The container's shim cgroup exists with its limits. */
   shimCgroup: Promise<void>
   /** Everything but the network and the processes: files, cgroups, roots, the pause spawned. */
@@ -524,6 +536,10 @@ export class ContainerRuntime implements Runtime {
     ctr.shimSpawned = spawned.promise
     ctr.shimSpawnedNow = () => spawned.resolve()
     if (!ctr.fresh) spawned.resolve()
+    if (ctr.fresh && ctr.record.ip !== null) {
+      const request = this.#pauseRequest(spec.name, spec.hostname ?? spec.name, fifos, ctr.record.ip)
+      ctr.pauseRequest = request.catch(() => undefined)
+    }
     if (this.#cgroups) ctr.shimCgroup = this.#cgroups.ensure(this.#names.shimCgroup(spec.name), SHIM_LIMITS)
     ctr.shimCgroup.catch(() => {})
     try {
@@ -775,7 +791,13 @@ export class ContainerRuntime implements Runtime {
       }
       let pause: SpawnedPause
       try {
-        pause = await this.#ensurePause(spec.name, hostname, fifos, ip)
+        const forked = ctr.forkedPause
+        ctr.forkedPause = undefined
+        ctr.pauseRequest = undefined
+        pause =
+          forked !== undefined
+            ? await this.#followPause(spec.name, forked)
+            : await this.#ensurePause(spec.name, hostname, fifos, ip)
         first = pause.pid
       } catch (err) {
         const failed = Promise.reject(err)
@@ -825,8 +847,53 @@ export class ContainerRuntime implements Runtime {
       }
       await rm(pidFile, { force: true })
     }
+    // It also makes the processes' FIFOs: one `mkfifo` from this small shell instead of one spawn each from
+    // the agent, whose fork costs milliseconds (docs/benchmarks.md). The same for the network.
+    const pause = spawnPause(await this.#pauseRequest(container, hostname, fifos, ip))
     const cgroups = this.#cgroups as Cgroups
-    const dirs = await cgroups.limitDirs(cgroup)
+    // Its cgroup while it starts: it moves itself in once told (pause.ts).
+    cgroups.ensure(cgroup, PAUSE_LIMITS).then(pause.cgroupsReady, (err: unknown) => {
+      this.#log.warn({ container, err: errorMessage(err) }, 'the pause process has no cgroup')
+      killQuietly(pause.pid, 'SIGKILL')
+    })
+    const timeout = startTimeout()
+    return {
+      pid: pause.pid,
+      ready: Promise.race([pause.ready, timeout]),
+      network: Promise.race([pause.network, timeout]),
+      cgroupsReady: () => {},
+    }
+  }
+
+  /** A pause forked by the first shim: as #ensurePause's, once its pid is known (with `ns`). */
+  async #followPause(container: string, pause: ForkedPause): Promise<SpawnedPause> {
+    const cgroups = this.#cgroups as Cgroups
+    cgroups
+      .ensure(this.#names.pauseCgroup(container), PAUSE_LIMITS)
+      .then(pause.cgroupsReady, (err: unknown) => {
+        this.#log.warn({ container, err: errorMessage(err) }, 'the pause process has no cgroup')
+        pause.pid.then((pid) => killQuietly(pid, 'SIGKILL')).catch(() => {})
+      })
+    const timeout = startTimeout()
+    const pid = await Promise.race([pause.pid, timeout])
+    return {
+      pid,
+      ready: Promise.race([pause.ready, timeout]),
+      network: Promise.race([pause.network, timeout]),
+      cgroupsReady: () => {},
+    }
+  }
+
+  /** What a pause is to do (pause.ts): with `ip`, a new container's network too. */
+  async #pauseRequest(
+    container: string,
+    hostname: string,
+    fifos: string[],
+    ip?: string,
+  ): Promise<PauseRequest> {
+    const dir = this.#names.containerDir(container)
+    const cgroup = this.#names.pauseCgroup(container)
+    const dirs = await (this.#cgroups as Cgroups).limitDirs(cgroup)
     let network: PauseNetwork | undefined
     if (ip !== undefined) {
       const { netns, plan } = planFreshAttach({
@@ -844,30 +911,13 @@ export class ContainerRuntime implements Runtime {
         container: plan.container,
       }
     }
-    // It also makes the processes' FIFOs: one `mkfifo` from this small shell instead of one spawn each from
-    // the agent, whose fork costs milliseconds (docs/benchmarks.md). The same for the network.
-    const pause = spawnPause({
+    return {
       dir,
       hostname,
       cgroupProcs: dirs.map((d) => join(d, 'cgroup.procs')),
       fifos,
       ...(network ? { network } : {}),
       path: DEFAULT_PATH_ENV,
-    })
-    // Its cgroup while it starts: it moves itself in once told (pause.ts).
-    cgroups.ensure(cgroup, PAUSE_LIMITS).then(pause.cgroupsReady, (err: unknown) => {
-      this.#log.warn({ container, err: errorMessage(err) }, 'the pause process has no cgroup')
-      killQuietly(pause.pid, 'SIGKILL')
-    })
-    const timeout = sleep(START_WAIT_MS, true).then(() => {
-      throw new Error('the pause process did not start')
-    })
-    timeout.catch(() => {})
-    return {
-      pid: pause.pid,
-      ready: Promise.race([pause.ready, timeout]),
-      network: Promise.race([pause.network, timeout]),
-      cgroupsReady: () => {},
     }
   }
 
@@ -1080,7 +1130,17 @@ export class ContainerRuntime implements Runtime {
         argv = [...oci.wrapper, ...runArgv]
         env = { PATH: DEFAULT_PATH_ENV }
         if (gated) {
-          cgroupProcs = (await cgroups.limitDirs(shimPath)).map((d) => join(d, 'cgroup.procs'))
+          // The first gated shim forks the container's pause too (shim.ts): one spawn from the agent fewer.
+          const request = ctr.pauseRequest
+          ctr.pauseRequest = undefined
+          const [shimDirs, pauseRequest] = await Promise.all([cgroups.limitDirs(shimPath), request])
+          cgroupProcs = shimDirs.map((d) => join(d, 'cgroup.procs'))
+          let pause: Record<string, string> | undefined
+          try {
+            pause = pauseRequest && pauseEnv(pauseRequest)
+          } catch {
+            // A path the shim cannot pass on: #makeContainer spawns the pause itself.
+          }
           proc.startedAt = Date.now()
           const shim = spawnShim({
             dir,
@@ -1089,7 +1149,10 @@ export class ContainerRuntime implements Runtime {
             env,
             cwd,
             gated: true,
+            ...(pause ? { pause } : {}),
           })
+          // Only the shim that took the request forked one: another's spawn must not clear it.
+          if (shim.pause !== undefined) ctr.forkedPause = shim.pause
           early = shim
           ctr.shimCgroup.then(shim.cgroupsReady, () => shim.release(false))
           ctr.shimSpawnedNow()
@@ -1407,6 +1470,8 @@ function newCtr(record: ContainerRecord): Ctr {
     error: null,
     procs: new Map(),
     pausePid: null,
+    pauseRequest: undefined,
+    forkedPause: undefined,
     pauseReady: Promise.resolve(),
     network: Promise.resolve(),
     netGate: undefined,
@@ -1528,4 +1593,12 @@ async function fileFacts(path: string): Promise<FileFacts | undefined> {
   } catch {
     return undefined
   }
+}
+
+function startTimeout(): Promise<never> {
+  const timeout = sleep(START_WAIT_MS, true).then((): never => {
+    throw new Error('the pause process did not start')
+  })
+  timeout.catch(() => {})
+  return timeout
 }

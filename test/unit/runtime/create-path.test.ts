@@ -10,7 +10,7 @@ import { join } from 'node:path'
 import { after, describe, it } from 'node:test'
 import { hybridWrapper } from '../../../src/runtime/detect.ts'
 import { ociConfig, withStartGate } from '../../../src/runtime/oci.ts'
-import { pauseCommand, pauseFailure, pauseStages } from '../../../src/runtime/pause.ts'
+import { pauseCommand, pauseEnv, pauseFailure, pauseStages } from '../../../src/runtime/pause.ts'
 import { gateArgv, gatedCommand, shimArgv, waitForPidFile } from '../../../src/runtime/shim.ts'
 
 const PATH = '/usr/local/bin:/usr/bin:/bin'
@@ -34,6 +34,32 @@ describe('pause process', () => {
     assert.deepEqual(pauseStages('ns\n'), { ns: true, net: false })
     assert.deepEqual(pauseStages('ns\nnet\n'), { ns: true, net: true })
     assert.deepEqual(pauseStages('nsx\nnetwork\n'), { ns: false, net: false })
+    assert.deepEqual(pauseStages('ns 4242\nnet\n'), { ns: true, net: true, pid: 4242 })
+    assert.deepEqual(pauseStages('ns 4242'), { ns: false, net: false })
+    assert.deepEqual(pauseStages('ns x\nend 125\n'), { ns: false, net: false, end: 125 })
+  })
+
+  it('hands a shim the pause to fork, split at newlines', () => {
+    const env = pauseEnv({
+      dir: '/run/x',
+      hostname: 'h',
+      cgroupProcs: ['/a/cgroup.procs'],
+      fifos: ['/f'],
+      path: PATH,
+      network: {
+        netns: 'km1s-a-b',
+        hostNetnsPath: '/run/netns/h',
+        containerFirst: [],
+        host: ['x'],
+        container: ['y'],
+      },
+    })
+    assert.equal(env.KM1S_PAUSE_NS, '--net\n--uts\n--ipc')
+    assert.equal(env.KM1S_PAUSE_ARGS, 'km1s-pause\n/run/x\nh\n1\n/a/cgroup.procs\n/f')
+    assert.match(env.KM1S_PAUSE ?? '', /catatonit -P/)
+    assert.equal(env.KM1S_NETNS, 'km1s-a-b')
+    assert.equal(env.PATH, undefined)
+    assert.throws(() => pauseEnv({ dir: '/run/x\ny', hostname: 'h', cgroupProcs: [], fifos: [], path: PATH }))
   })
 
   it('names the failed step from its exit status', () => {
