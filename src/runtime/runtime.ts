@@ -54,6 +54,7 @@ import {
 } from './oci.ts'
 import {
   type ForkedPause,
+  GATE_FD,
   type PauseNetwork,
   type PauseRequest,
   pauseEnv,
@@ -144,7 +145,7 @@ interface Ctr {
   /** The network is made; rejects when the pause ended between its stages. */
   network: Promise<void>
   /** While the network is being made: the lock and the file a process's start gate waits for. */
-  netGate: { lock: string; ready: string } | undefined
+  netGate: { held: string; fifo: string; ready: string } | undefined
   /** A gated shim was let go without running: the pause it was made for gave way to the fallback. */
   stranded: boolean
   /** Being created (not adopted): its processes' first starts take the gated path. */
@@ -805,7 +806,11 @@ export class ContainerRuntime implements Runtime {
         pause = { pid: -1, ready: failed, network: failed, cgroupsReady: () => {} }
       }
       ctr.pausePid = pause.pid > 0 ? pause.pid : null
-      ctr.netGate = { lock: pauseFile(dir, 'lock'), ready: pauseFile(dir, 'ready') }
+      ctr.netGate = {
+        held: `/proc/${pause.pid}/fd/${GATE_FD}`,
+        fifo: pauseFile(dir, 'gate'),
+        ready: pauseFile(dir, 'ready'),
+      }
       const ready = pause.ready.catch(fallback)
       const network = pause.ready.then(
         () => pause.network,
