@@ -265,7 +265,7 @@ export function forkedPause(io: Socket, hasNetwork: boolean): ForkedPause {
     const code = stages.end()
     stages.fail(new Error(code === undefined ? pauseFailure(null, 'ended') : pauseFailure(code, null)))
   })
-  io.unref()
+  // Not unref'd, as a spawned pause's stdout is not: the stream ends by itself, at the exec or the end.
   return {
     pid: stages.pid,
     ready: stages.ns,
