@@ -880,7 +880,11 @@ export class ContainerRuntime implements Runtime {
         pause.pid.then((pid) => killQuietly(pid, 'SIGKILL')).catch(() => {})
       })
     const timeout = startTimeout()
-    const pid = await Promise.race([pause.pid, timeout])
+    const pid = await Promise.race([pause.pid, timeout]).catch((err: unknown) => {
+      // Given up on: should it still say who it is, it must not go on to make a network nobody wants.
+      pause.pid.then((late) => killQuietly(late, 'SIGKILL')).catch(() => {})
+      throw err
+    })
     return {
       pid,
       ready: Promise.race([pause.ready, timeout]),
