@@ -29,7 +29,7 @@ import {
   vethName,
 } from '../network/container-net.ts'
 import { Cgroups } from './cgroups.ts'
-import type { OciRuntimeChoice } from './detect.ts'
+import { hybridV2Mount, makeCrunNamespace, type OciRuntimeChoice, releaseCrunNamespace } from './detect.ts'
 import {
   BACKOFF_RESET_AFTER_MS,
   backoffDelay,
@@ -106,6 +106,8 @@ const PAUSE_LIMITS = { memoryBytes: 16 * 1024 * 1024, pids: 8 }
 /** The shims and `crun run` processes of one container: small, but not worth an OOM kill of a supervisor. */
 const SHIM_LIMITS = { memoryBytes: 512 * 1024 * 1024, pids: 4096 }
 const START_WAIT_MS = 5_000
+/** In the run directory; `_` first: the sweep takes no name that starts with it for a container's. */
+const CRUN_NS_FILE = '_crun.mnt'
 
 interface Proc {
   container: string
@@ -396,7 +398,10 @@ export class ContainerRuntime implements Runtime {
     await this.#removeResources(name, ctr.pausePid)
     this.#containers.delete(name)
     // The instance's own cgroup goes with its last container: nothing of km1s stays without a container.
-    if (this.#containers.size === 0) await this.#cgroups?.remove(`/${this.#names.prefix}`)
+    if (this.#containers.size === 0) {
+      await this.#cgroups?.remove(`/${this.#names.prefix}`)
+      await this.#dropCrunNamespace()
+    }
   }
 
   logs(name: string, query: LogQuery): AsyncIterable<LogEntry> {
@@ -482,6 +487,45 @@ export class ContainerRuntime implements Runtime {
 
   #oci(): OciRuntimeChoice {
     return this.#init.oci as OciRuntimeChoice
+  }
+
+  // The mount namespace new containers' cruns run in on a hybrid host (detect.ts makeCrunNamespace): made
+  // at the first create, released with the last container; made and released one after the other.
+  #crunNs: { file: string; ready: Promise<boolean> } | undefined
+  #crunNsChain: Promise<unknown> = Promise.resolve()
+
+  #useCrunNamespace(): Promise<string | undefined> {
+    const v2Mount = this.kind === 'oci' ? hybridV2Mount(this.#oci().wrapper) : undefined
+    if (v2Mount === undefined) return Promise.resolve(undefined)
+    if (this.#crunNs === undefined) {
+      const file = join(this.#names.runDir, CRUN_NS_FILE)
+      const unshare = this.#oci().wrapper[0] ?? 'unshare'
+      const ready = this.#crunNsChain
+        .then(() => makeCrunNamespace(file, v2Mount, unshare))
+        .then(
+          () => true,
+          (err: unknown) => {
+            this.#log.warn(
+              { err: errorMessage(err) },
+              'no shared mount namespace for crun; each run makes its own',
+            )
+            return false
+          },
+        )
+      this.#crunNs = { file, ready }
+      this.#crunNsChain = ready
+    }
+    const { file, ready } = this.#crunNs
+    return ready.then((ok) => (ok ? file : undefined))
+  }
+
+  /** With the last container: nothing of km1s stays without one. */
+  #dropCrunNamespace(): Promise<void> {
+    this.#crunNs = undefined
+    const file = join(this.#names.runDir, CRUN_NS_FILE)
+    const released = this.#crunNsChain.then(() => releaseCrunNamespace(file)).catch(() => {})
+    this.#crunNsChain = released
+    return released
   }
 
   async #withLock<T>(name: string, fn: () => Promise<T>): Promise<T> {
@@ -999,7 +1043,10 @@ export class ContainerRuntime implements Runtime {
       const pause = await readPid(join(n.containerDir(c), 'pause.pid'))
       await this.#removeResources(c, pause !== null && this.#cgroups === undefined ? pause : null)
     }
-    if (wanted.size === 0) await this.#cgroups?.remove(`/${n.prefix}`)
+    if (wanted.size === 0) {
+      await this.#cgroups?.remove(`/${n.prefix}`)
+      await this.#dropCrunNamespace()
+    }
     if (this.kind === 'oci') {
       await this.#deleteOciState((id) => {
         const parsed = n.parseOciId(id)
@@ -1142,7 +1189,11 @@ export class ContainerRuntime implements Runtime {
           // The first gated shim forks the container's pause too (shim.ts): one spawn from the agent fewer.
           const request = ctr.pauseRequest
           ctr.pauseRequest = undefined
-          const [shimDirs, pauseRequest] = await Promise.all([cgroups.limitDirs(shimPath), request])
+          const [shimDirs, pauseRequest, crunNs] = await Promise.all([
+            cgroups.limitDirs(shimPath),
+            request,
+            this.#useCrunNamespace(),
+          ])
           cgroupProcs = shimDirs.map((d) => join(d, 'cgroup.procs'))
           let pause: Record<string, string> | undefined
           try {
@@ -1151,13 +1202,22 @@ export class ContainerRuntime implements Runtime {
             // A path the shim cannot pass on: #makeContainer spawns the pause itself.
           }
           proc.startedAt = Date.now()
+          // The gate in the shim itself when crun needs no shell before it: no wrapper, or the mount
+          // namespace made for it once (detect.ts makeCrunNamespace) instead of the hybrid wrapper's.
+          const inline = crunNs !== undefined || oci.wrapper.length === 0
           const shim = spawnShim({
             dir,
             cgroupProcs,
-            argv: gatedCommand(oci.wrapper, dir, cgroupProcs, runArgv),
+            argv:
+              crunNs !== undefined
+                ? ['nsenter', `--mount=${crunNs}`, '--', ...runArgv]
+                : inline
+                  ? runArgv
+                  : gatedCommand(oci.wrapper, dir, cgroupProcs, runArgv),
             env,
             cwd,
             gated: true,
+            inline,
             ...(pause ? { pause } : {}),
           })
           // Only the shim that took the request forked one: another's spawn must not clear it.

@@ -30,6 +30,10 @@ export const SHIM_FILES = {
 // exits NOT_RUN before anything ran; then there is no exit status to record, and a later agent sees a
 // start cut short.
 //
+// `inline`: the shim holds the gate itself (it moves only itself; crun, its child, follows), for a command
+// that needs no shell of its own before crun — crun directly, or `nsenter` into the runtime's mount
+// namespace (makeCrunNamespace, detect.ts): one exec fewer than a gate in the command.
+//
 // A gated shim may also fork the container's pause process (pause.ts, `pauseEnv`) before anything else, with
 // its fd 3 as the pause's stdin and stdout: one spawn from the agent per new container instead of two. The
 // pause's arguments are split at newlines, globbing off.
@@ -49,7 +53,15 @@ const SCRIPT = [
   `    unset ${PAUSE_VARS}`,
   '  fi',
   '  exec 5<&0 </dev/null',
-  '  KM1S_SHIM=$$ "$@"; s=$?',
+  '  if [ "$g" = inline ]; then',
+  `    s=${NOT_RUN}`,
+  '    read -r c <&5 && [ "$c" = cg ] &&',
+  '      { IFS=:; for f in $cgs; do echo $$ > "$f" || { s=125; break; }; done; unset IFS; [ "$s" != 125 ]; } &&',
+  '      read -r go <&5 && [ "$go" = go ] &&',
+  '      { exec 5<&-; "$@" </dev/null 1<>"$d/stdout" 2<>"$d/stderr"; s=$?; }',
+  '  else',
+  '    KM1S_SHIM=$$ "$@"; s=$?',
+  '  fi',
   'else',
   '  IFS=:; for f in $cgs; do echo $$ > "$f" || exit 125; done; unset IFS',
   '  echo $$ > "$d/shim.pid"',
@@ -117,6 +129,8 @@ export interface ShimCommand {
   cwd: string
   /** The command holds a gate (gateArgv) that waits for release(true). */
   gated?: boolean
+  /** Gated, with the gate in the shim itself instead of in the command. */
+  inline?: boolean
   /** A gated shim only: fork the container's pause first, with this environment (pauseEnv, pause.ts). */
   pause?: Record<string, string>
 }
@@ -130,7 +144,7 @@ export function shimArgv(cmd: ShimCommand): string[] {
     'km1s-shim',
     cmd.dir,
     cmd.cgroupProcs.join(':'),
-    cmd.gated ? 'gated' : '',
+    cmd.gated ? (cmd.inline ? 'inline' : 'gated') : '',
     ...cmd.argv,
   ]
 }

@@ -245,6 +245,48 @@ describe('gated shim', () => {
     })
   })
 
+  it('holds the gate itself (inline): moves itself, runs the command after go, nothing without it', () => {
+    const d = join(dir, 'inline')
+    spawnSync('mkdir', ['-p', d])
+    spawnSync('mkfifo', [join(d, 'stdout'), join(d, 'stderr')])
+    const argvOf = (marker: string) =>
+      shimArgv({
+        dir: d,
+        cgroupProcs: [join(d, 'procs-a'), join(d, 'procs-b')],
+        argv: ['/bin/sh', '-c', `: > "${marker}"; echo hello; exit 4`],
+        env: { PATH },
+        cwd: '/',
+        gated: true,
+        inline: true,
+      })
+    const reader = spawn('/bin/sh', ['-c', 'exec cat <>"$1"', 'r', join(d, 'stdout')], {
+      stdio: ['ignore', 'pipe', 'ignore'],
+    })
+    let out = ''
+    reader.stdout.on('data', (c) => {
+      out += String(c)
+    })
+    for (const input of ['cg\nno\n', 'cg\n', '', 'go\n']) {
+      const marker = join(dir, 'inline-not-run')
+      assert.equal(run(argvOf(marker), input).status, 0)
+      assert.equal(existsSync(marker), false, JSON.stringify(input))
+      assert.equal(existsSync(join(d, 'exit')), false)
+    }
+    const marker = join(dir, 'inline-ran')
+    assert.equal(run(argvOf(marker), 'cg\ngo\n').status, 0)
+    assert.ok(existsSync(marker))
+    const shimPid = readFileSync(join(d, 'shim.pid'), 'utf8').trim()
+    for (const f of ['procs-a', 'procs-b']) assert.equal(readFileSync(join(d, f), 'utf8').trim(), shimPid)
+    assert.equal(readFileSync(join(d, 'exit'), 'utf8').trim(), '4')
+    return new Promise<void>((resolve) => {
+      setTimeout(() => {
+        reader.kill()
+        assert.equal(out, 'hello\n')
+        resolve()
+      }, 200)
+    })
+  })
+
   it('runs nothing and records no status without go: a later agent sees a start cut short', () => {
     for (const [name, input] of [
       ['no', 'cg\nno\n'],
