@@ -108,8 +108,6 @@ const SHIM_LIMITS = { memoryBytes: 512 * 1024 * 1024, pids: 4096 }
 const START_WAIT_MS = 5_000
 /** In the run directory; `_` first: the sweep takes no name that starts with it for a container's. */
 const CRUN_NS_FILE = '_crun.mnt'
-/** How long the instance keeps it without containers (it goes at once when the agent stops). */
-const CRUN_NS_IDLE_MS = 10_000
 
 interface Proc {
   container: string
@@ -301,8 +299,6 @@ export class ContainerRuntime implements Runtime {
 
   async stop(): Promise<void> {
     this.#stopped = true
-    clearTimeout(this.#crunNsIdle)
-    if (this.#containers.size === 0) await this.#dropCrunNamespace()
     for (const ctr of this.#containers.values()) {
       for (const p of ctr.procs.values()) {
         clearTimeout(p.timer)
@@ -404,13 +400,7 @@ export class ContainerRuntime implements Runtime {
     // The instance's own cgroup goes with its last container: nothing of km1s stays without a container.
     if (this.#containers.size === 0) {
       await this.#cgroups?.remove(`/${this.#names.prefix}`)
-      // Not at once: a create that follows soon (a replacement, a rollout) would make it again on its
-      // critical path (an `unshare` and an `umount`, ~4 ms).
-      clearTimeout(this.#crunNsIdle)
-      this.#crunNsIdle = setTimeout(() => {
-        if (this.#containers.size === 0) void this.#dropCrunNamespace()
-      }, CRUN_NS_IDLE_MS)
-      this.#crunNsIdle.unref()
+      await this.#dropCrunNamespace()
     }
   }
 
@@ -500,14 +490,12 @@ export class ContainerRuntime implements Runtime {
   }
 
   // The mount namespace new containers' cruns run in on a hybrid host (detect.ts makeCrunNamespace): made
-  // at the first create; released CRUN_NS_IDLE_MS after the last container went, at stop without
-  // containers, and by the sweep when nothing is wanted; made and released one after the other.
+  // at the first create beside another container, released with the last container and by the sweep
+  // when nothing is wanted; made and released one after the other.
   #crunNs: { file: string; ready: Promise<boolean> } | undefined
   #crunNsChain: Promise<unknown> = Promise.resolve()
-  #crunNsIdle: NodeJS.Timeout | undefined
 
   #useCrunNamespace(): Promise<string | undefined> {
-    clearTimeout(this.#crunNsIdle)
     const v2Mount = this.kind === 'oci' ? hybridV2Mount(this.#oci().wrapper) : undefined
     if (v2Mount === undefined) return Promise.resolve(undefined)
     if (this.#crunNs === undefined) {
@@ -1202,10 +1190,13 @@ export class ContainerRuntime implements Runtime {
           // The first gated shim forks the container's pause too (shim.ts): one spawn from the agent fewer.
           const request = ctr.pauseRequest
           ctr.pauseRequest = undefined
+          // crun's shared mount namespace pays off for containers made beside others (a burst, a node
+          // that runs some); a lone one keeps the per-run wrapper rather than make it on its critical path
+          // (`unshare` and `umount`, ~4 ms) and drop it again with its container.
           const [shimDirs, pauseRequest, crunNs] = await Promise.all([
             cgroups.limitDirs(shimPath),
             request,
-            this.#useCrunNamespace(),
+            this.#containers.size > 1 ? this.#useCrunNamespace() : undefined,
           ])
           cgroupProcs = shimDirs.map((d) => join(d, 'cgroup.procs'))
           let pause: Record<string, string> | undefined
