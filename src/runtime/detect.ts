@@ -3,7 +3,7 @@
 // crun 1.8 refuses: PLATFORM.md); runc. Every attempt is cleaned up: OCI state, cgroups, bundle.
 import { spawn } from 'node:child_process'
 import { closeSync, openSync } from 'node:fs'
-import { mkdtemp, readdir, readFile, rm, rmdir, writeFile } from 'node:fs/promises'
+import { mkdtemp, readdir, readFile, rm, rmdir, statfs, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { processAlive } from '../common/process.ts'
@@ -84,6 +84,59 @@ export const HYBRID_SCRIPT = 'umount "$0" && exec "$@"'
 
 export function hybridWrapper(unshare: string, v2Mount: string): string[] {
   return [unshare, '-m', '--propagation', 'private', '/bin/sh', '-c', HYBRID_SCRIPT, v2Mount]
+}
+
+/** The cgroup2 mount a hybrid wrapper removes, or undefined for any other wrapper. */
+export function hybridV2Mount(wrapper: readonly string[]): string | undefined {
+  const [, m, propagation, mode, sh, c, script, v2Mount] = wrapper
+  const hybrid =
+    wrapper.length === 8 &&
+    m === '-m' &&
+    propagation === '--propagation' &&
+    mode === 'private' &&
+    sh === '/bin/sh' &&
+    c === '-c' &&
+    script === HYBRID_SCRIPT
+  return hybrid ? v2Mount : undefined
+}
+
+const NSFS_MAGIC = 0x6e736673
+
+/**
+ * One mount namespace without the cgroup2 mount for every new container's crun, instead of the hybrid
+ * wrapper's `unshare -m`, `sh` and `umount` for each (docs/runtime.md, "The create path"): made once,
+ * kept by a bind mount on `file` (which must not be on a shared mount), entered with `nsenter --mount`.
+ * `slave`: namespaces named in /run/netns later (a shared mount) still reach it, and their removal too.
+ * Host mounts made after it (on private mounts) do not: only the fresh path, whose configs name
+ * namespaces by /proc/<pid>, runs crun in it.
+ */
+export async function makeCrunNamespace(file: string, v2Mount: string, unshare = 'unshare'): Promise<void> {
+  await releaseCrunNamespace(file)
+  await writeFile(file, '')
+  const r = await runStatus(unshare, [`--mount=${file}`, '--propagation', 'slave', 'umount', v2Mount])
+  if (r !== 0) {
+    await releaseCrunNamespace(file)
+    throw new Error(`unshare --mount=${file} exited with ${r}`)
+  }
+}
+
+/** Unmounts and removes a namespace file of makeCrunNamespace; nothing when there is none. */
+export async function releaseCrunNamespace(file: string): Promise<void> {
+  const type = await statfs(file).then(
+    (st) => st.type,
+    () => null,
+  )
+  if (type === null) return
+  if (type === NSFS_MAGIC) await runStatus('umount', [file])
+  await rm(file, { force: true })
+}
+
+function runStatus(file: string, args: string[]): Promise<number | null> {
+  return new Promise((resolve) => {
+    const child = spawn(file, args, { stdio: 'ignore' })
+    child.once('error', () => resolve(null))
+    child.once('exit', (code) => resolve(code))
+  })
 }
 
 interface Candidate {

@@ -345,12 +345,15 @@ export function ociConfig(input: ContainerProcessSpec): OciConfig {
   return config
 }
 
-// $1 the lock, $2 the file that says the network is made. The lock is only taken while the network is not
-// there yet: a shell is the only exec then. `flock -s` on an fd waits for the pause's exclusive lock.
-// The container's state, which the runtime writes on stdin, is read to the end first: a hook that exits
-// before kills crun with SIGPIPE (seen: "read from the init process", then status 141).
+// $1 the pause's fd of the gate FIFO (/proc/<pid>/fd/6), $2 that FIFO, $3 the file that says the network is
+// made. While the network is not there yet the pause holds the FIFO open read-write (pause.ts): the hook
+// opens the pause's own fd of it — a writer exists, so the open does not block — and `read` returns at
+// the end of the file, when the pause closed it (network made, or the pause died). A pause that closed it
+// already, or is gone, has no such fd: the open fails and the ready file decides. Only builtins: a shell is
+// the only exec. The container's state, which the runtime writes on stdin, is read to the end first: a hook
+// that exits before kills crun with SIGPIPE (seen: "read from the init process", then status 141).
 const GATE_SCRIPT =
-  'while read -r _; do :; done; [ -e "$2" ] || { exec 7<"$1" && flock -s 7 && [ -e "$2" ]; }'
+  'while read -r _; do :; done; [ -e "$3" ] || { [ "$1" -ef "$2" ] && read -r _ < "$1"; [ -e "$3" ]; } 2>/dev/null'
 
 /**
  * `config` with a `createRuntime` hook that holds the program back until the pause process has made the
@@ -360,16 +363,16 @@ const GATE_SCRIPT =
  */
 export function withStartGate(
   config: OciConfig,
-  gate: { lock: string; ready: string; timeoutSeconds?: number },
+  gate: { held: string; fifo: string; ready: string; timeoutSeconds?: number },
 ): OciConfig {
-  if (!gate.lock.startsWith('/') || !gate.ready.startsWith('/'))
+  if (![gate.held, gate.fifo, gate.ready].every((p) => p.startsWith('/')))
     throw new Km1sError(
       'ERR_INVALID_PROCESS_SPEC',
-      'Invalid start gate: the lock and ready paths must be absolute.',
+      'Invalid start gate: the gate and ready paths must be absolute.',
     )
   const hook: OciHook = {
     path: '/bin/sh',
-    args: ['sh', '-c', GATE_SCRIPT, 'km1s-gate', gate.lock, gate.ready],
+    args: ['sh', '-c', GATE_SCRIPT, 'km1s-gate', gate.held, gate.fifo, gate.ready],
     env: [`PATH=${DEFAULT_PATH_ENV}`],
     timeout: gate.timeoutSeconds ?? 30,
   }

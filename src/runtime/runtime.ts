@@ -29,7 +29,7 @@ import {
   vethName,
 } from '../network/container-net.ts'
 import { Cgroups } from './cgroups.ts'
-import type { OciRuntimeChoice } from './detect.ts'
+import { hybridV2Mount, makeCrunNamespace, type OciRuntimeChoice, releaseCrunNamespace } from './detect.ts'
 import {
   BACKOFF_RESET_AFTER_MS,
   backoffDelay,
@@ -52,7 +52,16 @@ import {
   renderResolvConf,
   withStartGate,
 } from './oci.ts'
-import { type PauseNetwork, pauseFile, type SpawnedPause, spawnPause } from './pause.ts'
+import {
+  type ForkedPause,
+  GATE_FD,
+  type PauseNetwork,
+  type PauseRequest,
+  pauseEnv,
+  pauseFile,
+  type SpawnedPause,
+  spawnPause,
+} from './pause.ts'
 import { gatedCommand, shimFile, spawnShim, waitForPidFile } from './shim.ts'
 import {
   ContainerSpec,
@@ -97,6 +106,8 @@ const PAUSE_LIMITS = { memoryBytes: 16 * 1024 * 1024, pids: 8 }
 /** The shims and `crun run` processes of one container: small, but not worth an OOM kill of a supervisor. */
 const SHIM_LIMITS = { memoryBytes: 512 * 1024 * 1024, pids: 4096 }
 const START_WAIT_MS = 5_000
+/** In the run directory; `_` first: the sweep takes no name that starts with it for a container's. */
+const CRUN_NS_FILE = '_crun.mnt'
 
 interface Proc {
   container: string
@@ -136,7 +147,7 @@ interface Ctr {
   /** The network is made; rejects when the pause ended between its stages. */
   network: Promise<void>
   /** While the network is being made: the lock and the file a process's start gate waits for. */
-  netGate: { lock: string; ready: string } | undefined
+  netGate: { held: string; fifo: string; ready: string } | undefined
   /** A gated shim was let go without running: the pause it was made for gave way to the fallback. */
   stranded: boolean
   /** Being created (not adopted): its processes' first starts take the gated path. */
@@ -144,6 +155,10 @@ interface Ctr {
   /** Resolves once the first gated shim is spawned (or will not be): the pause is spawned next. */
   shimSpawned: Promise<void>
   shimSpawnedNow: () => void
+  /** A new container's pause, for the first gated shim to fork (taken by it). */
+  pauseRequest: Promise<PauseRequest | undefined> | undefined
+  /** The pause the first gated shim forked, for #makeContainer to follow (taken by it). */
+  forkedPause: ForkedPause | undefined
   /** The container's shim cgroup exists with its limits. */
   shimCgroup: Promise<void>
   /** Everything but the network and the processes: files, cgroups, roots, the pause spawned. */
@@ -383,7 +398,10 @@ export class ContainerRuntime implements Runtime {
     await this.#removeResources(name, ctr.pausePid)
     this.#containers.delete(name)
     // The instance's own cgroup goes with its last container: nothing of km1s stays without a container.
-    if (this.#containers.size === 0) await this.#cgroups?.remove(`/${this.#names.prefix}`)
+    if (this.#containers.size === 0) {
+      await this.#cgroups?.remove(`/${this.#names.prefix}`)
+      await this.#dropCrunNamespace()
+    }
   }
 
   logs(name: string, query: LogQuery): AsyncIterable<LogEntry> {
@@ -471,6 +489,46 @@ export class ContainerRuntime implements Runtime {
     return this.#init.oci as OciRuntimeChoice
   }
 
+  // The mount namespace new containers' cruns run in on a hybrid host (detect.ts makeCrunNamespace): made
+  // at the first create beside another container, released with the last container and by the sweep
+  // when nothing is wanted; made and released one after the other.
+  #crunNs: { file: string; ready: Promise<boolean> } | undefined
+  #crunNsChain: Promise<unknown> = Promise.resolve()
+
+  #useCrunNamespace(): Promise<string | undefined> {
+    const v2Mount = this.kind === 'oci' ? hybridV2Mount(this.#oci().wrapper) : undefined
+    if (v2Mount === undefined) return Promise.resolve(undefined)
+    if (this.#crunNs === undefined) {
+      const file = join(this.#names.runDir, CRUN_NS_FILE)
+      const unshare = this.#oci().wrapper[0] ?? 'unshare'
+      const ready = this.#crunNsChain
+        .then(() => makeCrunNamespace(file, v2Mount, unshare))
+        .then(
+          () => true,
+          (err: unknown) => {
+            this.#log.warn(
+              { err: errorMessage(err) },
+              'no shared mount namespace for crun; each run makes its own',
+            )
+            return false
+          },
+        )
+      this.#crunNs = { file, ready }
+      this.#crunNsChain = ready
+    }
+    const { file, ready } = this.#crunNs
+    return ready.then((ok) => (ok ? file : undefined))
+  }
+
+  /** With the last container: nothing of km1s stays without one. */
+  #dropCrunNamespace(): Promise<void> {
+    this.#crunNs = undefined
+    const file = join(this.#names.runDir, CRUN_NS_FILE)
+    const released = this.#crunNsChain.then(() => releaseCrunNamespace(file)).catch(() => {})
+    this.#crunNsChain = released
+    return released
+  }
+
   async #withLock<T>(name: string, fn: () => Promise<T>): Promise<T> {
     const before = this.#locks.get(name) ?? Promise.resolve()
     const next = before.then(fn, fn)
@@ -524,6 +582,10 @@ export class ContainerRuntime implements Runtime {
     ctr.shimSpawned = spawned.promise
     ctr.shimSpawnedNow = () => spawned.resolve()
     if (!ctr.fresh) spawned.resolve()
+    if (ctr.fresh && ctr.record.ip !== null) {
+      const request = this.#pauseRequest(spec.name, spec.hostname ?? spec.name, fifos, ctr.record.ip)
+      ctr.pauseRequest = request.catch(() => undefined)
+    }
     if (this.#cgroups) ctr.shimCgroup = this.#cgroups.ensure(this.#names.shimCgroup(spec.name), SHIM_LIMITS)
     ctr.shimCgroup.catch(() => {})
     try {
@@ -775,7 +837,13 @@ export class ContainerRuntime implements Runtime {
       }
       let pause: SpawnedPause
       try {
-        pause = await this.#ensurePause(spec.name, hostname, fifos, ip)
+        const forked = ctr.forkedPause
+        ctr.forkedPause = undefined
+        ctr.pauseRequest = undefined
+        pause =
+          forked !== undefined
+            ? await this.#followPause(spec.name, forked)
+            : await this.#ensurePause(spec.name, hostname, fifos, ip)
         first = pause.pid
       } catch (err) {
         const failed = Promise.reject(err)
@@ -783,7 +851,11 @@ export class ContainerRuntime implements Runtime {
         pause = { pid: -1, ready: failed, network: failed, cgroupsReady: () => {} }
       }
       ctr.pausePid = pause.pid > 0 ? pause.pid : null
-      ctr.netGate = { lock: pauseFile(dir, 'lock'), ready: pauseFile(dir, 'ready') }
+      ctr.netGate = {
+        held: `/proc/${pause.pid}/fd/${GATE_FD}`,
+        fifo: pauseFile(dir, 'gate'),
+        ready: pauseFile(dir, 'ready'),
+      }
       const ready = pause.ready.catch(fallback)
       const network = pause.ready.then(
         () => pause.network,
@@ -825,8 +897,57 @@ export class ContainerRuntime implements Runtime {
       }
       await rm(pidFile, { force: true })
     }
+    // It also makes the processes' FIFOs: one `mkfifo` from this small shell instead of one spawn each from
+    // the agent, whose fork costs milliseconds (docs/benchmarks.md). The same for the network.
+    const pause = spawnPause(await this.#pauseRequest(container, hostname, fifos, ip))
     const cgroups = this.#cgroups as Cgroups
-    const dirs = await cgroups.limitDirs(cgroup)
+    // Its cgroup while it starts: it moves itself in once told (pause.ts).
+    cgroups.ensure(cgroup, PAUSE_LIMITS).then(pause.cgroupsReady, (err: unknown) => {
+      this.#log.warn({ container, err: errorMessage(err) }, 'the pause process has no cgroup')
+      killQuietly(pause.pid, 'SIGKILL')
+    })
+    const timeout = startTimeout()
+    return {
+      pid: pause.pid,
+      ready: Promise.race([pause.ready, timeout]),
+      network: Promise.race([pause.network, timeout]),
+      cgroupsReady: () => {},
+    }
+  }
+
+  /** A pause forked by the first shim: as #ensurePause's, once its pid is known (with `ns`). */
+  async #followPause(container: string, pause: ForkedPause): Promise<SpawnedPause> {
+    const cgroups = this.#cgroups as Cgroups
+    cgroups
+      .ensure(this.#names.pauseCgroup(container), PAUSE_LIMITS)
+      .then(pause.cgroupsReady, (err: unknown) => {
+        this.#log.warn({ container, err: errorMessage(err) }, 'the pause process has no cgroup')
+        pause.pid.then((pid) => killQuietly(pid, 'SIGKILL')).catch(() => {})
+      })
+    const timeout = startTimeout()
+    const pid = await Promise.race([pause.pid, timeout]).catch((err: unknown) => {
+      // Given up on: should it still say who it is, it must not go on to make a network nobody wants.
+      pause.pid.then((late) => killQuietly(late, 'SIGKILL')).catch(() => {})
+      throw err
+    })
+    return {
+      pid,
+      ready: Promise.race([pause.ready, timeout]),
+      network: Promise.race([pause.network, timeout]),
+      cgroupsReady: () => {},
+    }
+  }
+
+  /** What a pause is to do (pause.ts): with `ip`, a new container's network too. */
+  async #pauseRequest(
+    container: string,
+    hostname: string,
+    fifos: string[],
+    ip?: string,
+  ): Promise<PauseRequest> {
+    const dir = this.#names.containerDir(container)
+    const cgroup = this.#names.pauseCgroup(container)
+    const dirs = await (this.#cgroups as Cgroups).limitDirs(cgroup)
     let network: PauseNetwork | undefined
     if (ip !== undefined) {
       const { netns, plan } = planFreshAttach({
@@ -844,30 +965,13 @@ export class ContainerRuntime implements Runtime {
         container: plan.container,
       }
     }
-    // It also makes the processes' FIFOs: one `mkfifo` from this small shell instead of one spawn each from
-    // the agent, whose fork costs milliseconds (docs/benchmarks.md). The same for the network.
-    const pause = spawnPause({
+    return {
       dir,
       hostname,
       cgroupProcs: dirs.map((d) => join(d, 'cgroup.procs')),
       fifos,
       ...(network ? { network } : {}),
       path: DEFAULT_PATH_ENV,
-    })
-    // Its cgroup while it starts: it moves itself in once told (pause.ts).
-    cgroups.ensure(cgroup, PAUSE_LIMITS).then(pause.cgroupsReady, (err: unknown) => {
-      this.#log.warn({ container, err: errorMessage(err) }, 'the pause process has no cgroup')
-      killQuietly(pause.pid, 'SIGKILL')
-    })
-    const timeout = sleep(START_WAIT_MS, true).then(() => {
-      throw new Error('the pause process did not start')
-    })
-    timeout.catch(() => {})
-    return {
-      pid: pause.pid,
-      ready: Promise.race([pause.ready, timeout]),
-      network: Promise.race([pause.network, timeout]),
-      cgroupsReady: () => {},
     }
   }
 
@@ -940,7 +1044,10 @@ export class ContainerRuntime implements Runtime {
       const pause = await readPid(join(n.containerDir(c), 'pause.pid'))
       await this.#removeResources(c, pause !== null && this.#cgroups === undefined ? pause : null)
     }
-    if (wanted.size === 0) await this.#cgroups?.remove(`/${n.prefix}`)
+    if (wanted.size === 0) {
+      await this.#cgroups?.remove(`/${n.prefix}`)
+      await this.#dropCrunNamespace()
+    }
     if (this.kind === 'oci') {
       await this.#deleteOciState((id) => {
         const parsed = n.parseOciId(id)
@@ -1080,16 +1187,45 @@ export class ContainerRuntime implements Runtime {
         argv = [...oci.wrapper, ...runArgv]
         env = { PATH: DEFAULT_PATH_ENV }
         if (gated) {
-          cgroupProcs = (await cgroups.limitDirs(shimPath)).map((d) => join(d, 'cgroup.procs'))
+          // The first gated shim forks the container's pause too (shim.ts): one spawn from the agent fewer.
+          const request = ctr.pauseRequest
+          ctr.pauseRequest = undefined
+          // crun's shared mount namespace pays off for containers made beside others (a burst, a node
+          // that runs some); a lone one keeps the per-run wrapper rather than make it on its critical path
+          // (`unshare` and `umount`, ~4 ms) and drop it again with its container.
+          const [shimDirs, pauseRequest, crunNs] = await Promise.all([
+            cgroups.limitDirs(shimPath),
+            request,
+            this.#containers.size > 1 ? this.#useCrunNamespace() : undefined,
+          ])
+          cgroupProcs = shimDirs.map((d) => join(d, 'cgroup.procs'))
+          let pause: Record<string, string> | undefined
+          try {
+            pause = pauseRequest && pauseEnv(pauseRequest)
+          } catch {
+            // A path the shim cannot pass on: #makeContainer spawns the pause itself.
+          }
           proc.startedAt = Date.now()
+          // The gate in the shim itself when crun needs no shell before it: no wrapper, or the mount
+          // namespace made for it once (detect.ts makeCrunNamespace) instead of the hybrid wrapper's.
+          const inline = crunNs !== undefined || oci.wrapper.length === 0
           const shim = spawnShim({
             dir,
             cgroupProcs,
-            argv: gatedCommand(oci.wrapper, dir, cgroupProcs, runArgv),
+            argv:
+              crunNs !== undefined
+                ? ['nsenter', `--mount=${crunNs}`, '--', ...runArgv]
+                : inline
+                  ? runArgv
+                  : gatedCommand(oci.wrapper, dir, cgroupProcs, runArgv),
             env,
             cwd,
             gated: true,
+            inline,
+            ...(pause ? { pause } : {}),
           })
+          // Only the shim that took the request forked one: another's spawn must not clear it.
+          if (shim.pause !== undefined) ctr.forkedPause = shim.pause
           early = shim
           ctr.shimCgroup.then(shim.cgroupsReady, () => shim.release(false))
           ctr.shimSpawnedNow()
@@ -1407,6 +1543,8 @@ function newCtr(record: ContainerRecord): Ctr {
     error: null,
     procs: new Map(),
     pausePid: null,
+    pauseRequest: undefined,
+    forkedPause: undefined,
     pauseReady: Promise.resolve(),
     network: Promise.resolve(),
     netGate: undefined,
@@ -1528,4 +1666,12 @@ async function fileFacts(path: string): Promise<FileFacts | undefined> {
   } catch {
     return undefined
   }
+}
+
+function startTimeout(): Promise<never> {
+  const timeout = sleep(START_WAIT_MS, true).then((): never => {
+    throw new Error('the pause process did not start')
+  })
+  timeout.catch(() => {})
+  return timeout
 }

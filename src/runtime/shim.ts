@@ -9,6 +9,7 @@ import { readFile } from 'node:fs/promises'
 import type { Socket } from 'node:net'
 import { basename, dirname, join } from 'node:path'
 import { HYBRID_SCRIPT } from './detect.ts'
+import { type ForkedPause, forkedPause } from './pause.ts'
 
 export const SHIM_FILES = {
   shimPid: 'shim.pid',
@@ -28,14 +29,39 @@ export const SHIM_FILES = {
 // future crun) into them; `go` — run. Any other line, or the end of stdin (the agent died), and the gate
 // exits NOT_RUN before anything ran; then there is no exit status to record, and a later agent sees a
 // start cut short.
+//
+// `inline`: the shim holds the gate itself (it moves only itself; crun, its child, follows), for a command
+// that needs no shell of its own before crun — crun directly, or `nsenter` into the runtime's mount
+// namespace (makeCrunNamespace, detect.ts): one exec fewer than a gate in the command.
+//
+// A gated shim may also fork the container's pause process (pause.ts, `pauseEnv`) before anything else, with
+// its fd 3 as the pause's stdin and stdout: one spawn from the agent per new container instead of two. The
+// pause's arguments are split at newlines, globbing off.
 const NOT_RUN = 199
+const PAUSE_VARS =
+  'KM1S_PAUSE KM1S_PAUSE_NS KM1S_PAUSE_ARGS KM1S_NETNS KM1S_HOSTNS KM1S_FIRST KM1S_HOST KM1S_CTR'
 const SCRIPT = [
   'd=$1; cgs=$2; g=$3; shift 3',
   'trap : HUP INT TERM QUIT',
   'if [ -n "$g" ]; then',
   '  echo $$ > "$d/shim.pid"',
+  '  if [ -n "$KM1S_PAUSE" ]; then',
+  "    IFS='\n'; set -f",
+  '    unshare $KM1S_PAUSE_NS -- /bin/sh -c "$KM1S_PAUSE" $KM1S_PAUSE_ARGS <&3 >&3 3<&- &',
+  '    unset IFS; set +f',
+  '    exec 3<&-',
+  `    unset ${PAUSE_VARS}`,
+  '  fi',
   '  exec 5<&0 </dev/null',
-  '  KM1S_SHIM=$$ "$@"; s=$?',
+  '  if [ "$g" = inline ]; then',
+  `    s=${NOT_RUN}`,
+  '    read -r c <&5 && [ "$c" = cg ] &&',
+  '      { IFS=:; for f in $cgs; do echo $$ > "$f" || { s=125; break; }; done; unset IFS; [ "$s" != 125 ]; } &&',
+  '      read -r go <&5 && [ "$go" = go ] &&',
+  '      { exec 5<&-; "$@" </dev/null 1<>"$d/stdout" 2<>"$d/stderr"; s=$?; }',
+  '  else',
+  '    KM1S_SHIM=$$ "$@"; s=$?',
+  '  fi',
   'else',
   '  IFS=:; for f in $cgs; do echo $$ > "$f" || exit 125; done; unset IFS',
   '  echo $$ > "$d/shim.pid"',
@@ -103,6 +129,10 @@ export interface ShimCommand {
   cwd: string
   /** The command holds a gate (gateArgv) that waits for release(true). */
   gated?: boolean
+  /** Gated, with the gate in the shim itself instead of in the command. */
+  inline?: boolean
+  /** A gated shim only: fork the container's pause first, with this environment (pauseEnv, pause.ts). */
+  pause?: Record<string, string>
 }
 
 /** The argv of the shim itself: shown in /proc/<pid>/cmdline, which adoption checks against `dir`. */
@@ -114,7 +144,7 @@ export function shimArgv(cmd: ShimCommand): string[] {
     'km1s-shim',
     cmd.dir,
     cmd.cgroupProcs.join(':'),
-    cmd.gated ? 'gated' : '',
+    cmd.gated ? (cmd.inline ? 'inline' : 'gated') : '',
     ...cmd.argv,
   ]
 }
@@ -122,6 +152,8 @@ export function shimArgv(cmd: ShimCommand): string[] {
 /** Starts the shim in its own session, detached: it must survive the agent. */
 export function spawnShim(cmd: ShimCommand): {
   pid: number
+  /** The pause it forked (`cmd.pause`). */
+  pause: ForkedPause | undefined
   exited: Promise<void>
   /** A gated shim: its cgroups exist (it moves into them). Once, before release; nothing for an ungated one. */
   cgroupsReady: () => void
@@ -132,12 +164,15 @@ export function spawnShim(cmd: ShimCommand): {
   release: (run: boolean) => void
 } {
   const [file, ...args] = shimArgv(cmd)
+  const pause = cmd.gated ? cmd.pause : undefined
   const child = spawn(file as string, args, {
     cwd: cmd.cwd,
-    env: cmd.env,
+    env: pause ? { ...cmd.env, ...pause } : cmd.env,
     detached: true,
-    stdio: [cmd.gated ? 'pipe' : 'ignore', 'ignore', 'ignore'],
+    stdio: [cmd.gated ? 'pipe' : 'ignore', 'ignore', 'ignore', ...(pause ? (['pipe'] as const) : [])],
   })
+  const pauseIo = pause ? (child.stdio[3] as Socket | null) : null
+  const forked = pauseIo ? forkedPause(pauseIo, pause?.KM1S_NETNS !== undefined) : undefined
   const exited = new Promise<void>((resolve) => {
     child.once('exit', () => resolve())
     child.once('error', () => resolve())
@@ -159,7 +194,7 @@ export function spawnShim(cmd: ShimCommand): {
     child.stdin.end(run ? `${moved ? '' : 'cg\n'}go\n` : 'no\n')
   }
   child.unref()
-  return { pid: child.pid ?? -1, exited, cgroupsReady, release }
+  return { pid: child.pid ?? -1, pause: forked, exited, cgroupsReady, release }
 }
 
 export function shimFile(dir: string, name: keyof typeof SHIM_FILES): string {

@@ -1,5 +1,5 @@
 // The pieces of the fast create path (docs/runtime.md, "The create path") that need no root: the pause
-// process's stages and argv, the start gate of a process (an OCI hook: a shell and flock), the gated shim,
+// process's stages and argv, the start gate of a process (an OCI hook: a shell reading the pause's FIFO), the gated shim,
 // and the inotify wait for a pid file. Real shells run the scripts: their behaviour is the point.
 import assert from 'node:assert/strict'
 import { spawn, spawnSync } from 'node:child_process'
@@ -10,12 +10,17 @@ import { join } from 'node:path'
 import { after, describe, it } from 'node:test'
 import { hybridWrapper } from '../../../src/runtime/detect.ts'
 import { ociConfig, withStartGate } from '../../../src/runtime/oci.ts'
-import { pauseCommand, pauseFailure, pauseStages } from '../../../src/runtime/pause.ts'
+import { pauseCommand, pauseEnv, pauseFailure, pauseStages } from '../../../src/runtime/pause.ts'
 import { gateArgv, gatedCommand, shimArgv, waitForPidFile } from '../../../src/runtime/shim.ts'
 
 const PATH = '/usr/local/bin:/usr/bin:/bin'
 const dir = mkdtempSync(join(tmpdir(), 'km1s-createpath-'))
 after(() => rmSync(dir, { recursive: true, force: true }))
+
+async function until(ok: () => boolean): Promise<void> {
+  for (let i = 0; i < 200 && !ok(); i++) await new Promise((r) => setTimeout(r, 10))
+  assert.ok(ok())
+}
 
 function run(argv: string[], input?: string): { status: number | null; out: string } {
   const r = spawnSync(argv[0] as string, argv.slice(1), {
@@ -34,6 +39,32 @@ describe('pause process', () => {
     assert.deepEqual(pauseStages('ns\n'), { ns: true, net: false })
     assert.deepEqual(pauseStages('ns\nnet\n'), { ns: true, net: true })
     assert.deepEqual(pauseStages('nsx\nnetwork\n'), { ns: false, net: false })
+    assert.deepEqual(pauseStages('ns 4242\nnet\n'), { ns: true, net: true, pid: 4242 })
+    assert.deepEqual(pauseStages('ns 4242'), { ns: false, net: false })
+    assert.deepEqual(pauseStages('ns x\nend 125\n'), { ns: false, net: false, end: 125 })
+  })
+
+  it('hands a shim the pause to fork, split at newlines', () => {
+    const env = pauseEnv({
+      dir: '/run/x',
+      hostname: 'h',
+      cgroupProcs: ['/a/cgroup.procs'],
+      fifos: ['/f'],
+      path: PATH,
+      network: {
+        netns: 'km1s-a-b',
+        hostNetnsPath: '/run/netns/h',
+        containerFirst: [],
+        host: ['x'],
+        container: ['y'],
+      },
+    })
+    assert.equal(env.KM1S_PAUSE_NS, '--net\n--uts\n--ipc')
+    assert.equal(env.KM1S_PAUSE_ARGS, 'km1s-pause\n/run/x\nh\n1\n/a/cgroup.procs\n/f')
+    assert.match(env.KM1S_PAUSE ?? '', /catatonit -P/)
+    assert.equal(env.KM1S_NETNS, 'km1s-a-b')
+    assert.equal(env.PATH, undefined)
+    assert.throws(() => pauseEnv({ dir: '/run/x\ny', hostname: 'h', cgroupProcs: [], fifos: [], path: PATH }))
   })
 
   it('names the failed step from its exit status', () => {
@@ -78,31 +109,32 @@ describe('start gate (createRuntime hook)', () => {
   })
 
   it('adds one createRuntime hook and changes nothing else', () => {
-    const gated = withStartGate(config, { lock: '/d/net.lock', ready: '/d/net.ready' })
+    const gate = { held: '/proc/1/fd/6', fifo: '/d/net.gate', ready: '/d/net.ready' }
+    const gated = withStartGate(config, gate)
     assert.deepEqual({ ...gated, hooks: undefined }, { ...config, hooks: undefined })
     assert.equal(gated.hooks?.createRuntime.length, 1)
     const hook = gated.hooks?.createRuntime[0]
     assert.equal(hook?.path, '/bin/sh')
-    assert.deepEqual(hook?.args.slice(-2), ['/d/net.lock', '/d/net.ready'])
+    assert.deepEqual(hook?.args.slice(-3), ['/proc/1/fd/6', '/d/net.gate', '/d/net.ready'])
     assert.equal(config.hooks, undefined)
-    assert.throws(() => withStartGate(config, { lock: 'net.lock', ready: '/d/net.ready' }), /absolute/)
+    assert.throws(() => withStartGate(config, { ...gate, fifo: 'net.gate' }), /absolute/)
   })
 
-  const hookArgv = (lock: string, ready: string) => {
-    const hook = withStartGate(config, { lock, ready }).hooks?.createRuntime[0]
+  const hookArgv = (held: string, fifo: string, ready: string) => {
+    const hook = withStartGate(config, { held, fifo, ready }).hooks?.createRuntime[0]
     return [hook?.path as string, ...(hook?.args.slice(1) ?? [])]
   }
 
   it('passes at once when the network is there', () => {
     const ready = join(dir, 'ready-1')
     writeFileSync(ready, '')
-    assert.equal(run(hookArgv(join(dir, 'absent-lock'), ready)).status, 0)
+    assert.equal(run(hookArgv('/proc/1/fd/99', join(dir, 'absent-fifo'), ready)).status, 0)
   })
 
   it('reads the state the runtime writes on its stdin to the end: exiting first would kill crun (SIGPIPE)', () => {
     const ready = join(dir, 'ready-state')
     writeFileSync(ready, '')
-    const argv = hookArgv(join(dir, 'absent-lock'), ready)
+    const argv = hookArgv('/proc/1/fd/99', join(dir, 'absent-fifo'), ready)
     const r = spawnSync(argv[0] as string, argv.slice(1), {
       input: `{"ociVersion":"1.0.2","pad":"${'x'.repeat(256 * 1024)}"}`,
       env: { PATH },
@@ -112,51 +144,57 @@ describe('start gate (createRuntime hook)', () => {
     assert.equal(r.status, 0)
   })
 
-  it('waits while the pause holds the lock, passes once it made the network, fails when it gave up', async () => {
-    const lock = join(dir, 'lock-2')
+  // The pause's part: the FIFO held open read-write on fd 6 until told to finish, then the ready file (or
+  // not), as pause.ts does.
+  const holder = (fifo: string, ready: string, makeReady: boolean, stdin: 'pipe' | 'ignore') =>
+    spawn(
+      '/bin/sh',
+      [
+        '-c',
+        `exec 6<>"$1"; echo held; read -r x; ${makeReady ? ': > "$2";' : ''} exec 6>&-; exec sleep 5`,
+        'holder',
+        fifo,
+        ready,
+      ],
+      { env: { PATH }, stdio: [stdin, 'pipe', 'ignore'] },
+    )
+
+  it('waits while the pause holds the gate, passes once it made the network, fails when it gave up', async () => {
+    const fifo = join(dir, 'gate-2')
     const ready = join(dir, 'ready-2')
-    writeFileSync(lock, '')
-    // The pause's part: an exclusive flock until told to finish, then the ready file (or not).
-    const holder = (makeReady: boolean) =>
-      spawn(
-        '/bin/sh',
-        [
-          '-c',
-          `exec 6>"$1"; flock 6; echo locked; read -r x; ${makeReady ? ': > "$2";' : ''} exec 6>&-; exec sleep 5`,
-          'holder',
-          lock,
-          ready,
-        ],
-        { env: { PATH }, stdio: ['pipe', 'pipe', 'ignore'] },
-      )
+    assert.equal(spawnSync('mkfifo', [fifo]).status, 0)
     for (const makeReady of [true, false]) {
       rmSync(ready, { force: true })
-      const pause = holder(makeReady)
-      await new Promise((resolve) => pause.stdout.once('data', resolve))
-      const gate = spawn(hookArgv(lock, ready)[0] as string, hookArgv(lock, ready).slice(1), {
-        env: { PATH },
-        stdio: 'ignore',
-      })
+      const pause = holder(fifo, ready, makeReady, 'pipe')
+      await new Promise((resolve) => pause.stdout?.once('data', resolve))
+      const argv = hookArgv(`/proc/${pause.pid}/fd/6`, fifo, ready)
+      const gate = spawn(argv[0] as string, argv.slice(1), { env: { PATH }, stdio: 'ignore' })
       const status = new Promise<number | null>((resolve) => gate.once('exit', resolve))
       const early = await Promise.race([status, new Promise((r) => setTimeout(() => r('waiting'), 200))])
       assert.equal(early, 'waiting')
-      pause.stdin.end('go\n')
+      pause.stdin?.end('go\n')
       assert.equal(await status, makeReady ? 0 : 1)
       pause.kill('SIGKILL')
     }
   })
 
-  it('does not wait for a pause that died holding the lock', async () => {
-    const lock = join(dir, 'lock-3')
+  it('does not wait for a pause that died holding the gate, nor for one that closed it', async () => {
+    const fifo = join(dir, 'gate-3')
     const ready = join(dir, 'ready-3')
-    writeFileSync(lock, '')
-    const pause = spawn('/bin/sh', ['-c', 'exec 6>"$1"; flock 6; echo locked; exec sleep 30', 'p', lock], {
-      env: { PATH },
-      stdio: ['ignore', 'pipe', 'ignore'],
-    })
-    await new Promise((resolve) => pause.stdout.once('data', resolve))
+    assert.equal(spawnSync('mkfifo', [fifo]).status, 0)
+    const pause = holder(fifo, ready, false, 'pipe')
+    await new Promise((resolve) => pause.stdout?.once('data', resolve))
+    const held = `/proc/${pause.pid}/fd/6`
     pause.kill('SIGKILL')
-    assert.equal(run(hookArgv(lock, ready)).status, 1)
+    await new Promise((resolve) => pause.once('exit', resolve))
+    assert.equal(run(hookArgv(held, fifo, ready)).status, 1)
+    // Closed after the network was made: the fd is gone, the ready file is there.
+    const done = holder(fifo, ready, true, 'pipe')
+    await new Promise((resolve) => done.stdout?.once('data', resolve))
+    done.stdin?.end('go\n')
+    await until(() => existsSync(ready))
+    assert.equal(run(hookArgv(`/proc/${done.pid}/fd/6`, fifo, ready)).status, 0)
+    done.kill('SIGKILL')
   })
 })
 
@@ -198,6 +236,48 @@ describe('gated shim', () => {
     assert.notEqual(shimPid, '')
     assert.equal(readFileSync(join(d, 'exit'), 'utf8').trim(), '3')
     assert.ok(existsSync(join(d, 'shim.pid')))
+    return new Promise<void>((resolve) => {
+      setTimeout(() => {
+        reader.kill()
+        assert.equal(out, 'hello\n')
+        resolve()
+      }, 200)
+    })
+  })
+
+  it('holds the gate itself (inline): moves itself, runs the command after go, nothing without it', () => {
+    const d = join(dir, 'inline')
+    spawnSync('mkdir', ['-p', d])
+    spawnSync('mkfifo', [join(d, 'stdout'), join(d, 'stderr')])
+    const argvOf = (marker: string) =>
+      shimArgv({
+        dir: d,
+        cgroupProcs: [join(d, 'procs-a'), join(d, 'procs-b')],
+        argv: ['/bin/sh', '-c', `: > "${marker}"; echo hello; exit 4`],
+        env: { PATH },
+        cwd: '/',
+        gated: true,
+        inline: true,
+      })
+    const reader = spawn('/bin/sh', ['-c', 'exec cat <>"$1"', 'r', join(d, 'stdout')], {
+      stdio: ['ignore', 'pipe', 'ignore'],
+    })
+    let out = ''
+    reader.stdout.on('data', (c) => {
+      out += String(c)
+    })
+    for (const input of ['cg\nno\n', 'cg\n', '', 'go\n']) {
+      const marker = join(dir, 'inline-not-run')
+      assert.equal(run(argvOf(marker), input).status, 0)
+      assert.equal(existsSync(marker), false, JSON.stringify(input))
+      assert.equal(existsSync(join(d, 'exit')), false)
+    }
+    const marker = join(dir, 'inline-ran')
+    assert.equal(run(argvOf(marker), 'cg\ngo\n').status, 0)
+    assert.ok(existsSync(marker))
+    const shimPid = readFileSync(join(d, 'shim.pid'), 'utf8').trim()
+    for (const f of ['procs-a', 'procs-b']) assert.equal(readFileSync(join(d, f), 'utf8').trim(), shimPid)
+    assert.equal(readFileSync(join(d, 'exit'), 'utf8').trim(), '4')
     return new Promise<void>((resolve) => {
       setTimeout(() => {
         reader.kill()

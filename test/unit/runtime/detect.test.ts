@@ -3,7 +3,12 @@ import { mkdir, mkdtemp, readdir, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, it } from 'node:test'
-import { hybridWrapper, isStaleProbe, removeProbeCgroups } from '../../../src/runtime/detect.ts'
+import {
+  hybridV2Mount,
+  hybridWrapper,
+  isStaleProbe,
+  removeProbeCgroups,
+} from '../../../src/runtime/detect.ts'
 
 describe('runtime detection helpers', () => {
   it('passes the cgroup2 mount to the wrapper as an argument, never inside the script', () => {
@@ -11,6 +16,14 @@ describe('runtime detection helpers', () => {
     assert.deepEqual(wrapper.slice(0, 4), ['/usr/bin/unshare', '-m', '--propagation', 'private'])
     assert.equal(wrapper.at(-1), '/sys/fs/cgroup/unified')
     assert.doesNotMatch(wrapper[6] ?? '', /unified/)
+  })
+
+  it('recognises the hybrid wrapper, and no other, as one a shared mount namespace can replace', () => {
+    const wrapper = hybridWrapper('/usr/bin/unshare', '/sys/fs/cgroup/unified')
+    assert.equal(hybridV2Mount(wrapper), '/sys/fs/cgroup/unified')
+    assert.equal(hybridV2Mount([]), undefined)
+    assert.equal(hybridV2Mount(['/usr/bin/runc-wrapper']), undefined)
+    assert.equal(hybridV2Mount(wrapper.map((w) => (w === 'private' ? 'shared' : w))), undefined)
   })
 
   it('calls a probe cgroup stale only when its process is gone and is not us', () => {
