@@ -28,7 +28,8 @@ const patchPlugin = {
     for (const p of PATCHES) {
       b.onLoad({ filter: p.file }, (args) => {
         const text = readFileSync(args.path, 'utf8')
-        if (!text.includes(p.find)) throw new Error(`scripts/build.mjs: the patch for ${args.path} no longer applies`)
+        if (!text.includes(p.find))
+          throw new Error(`scripts/build.mjs: the patch for ${args.path} no longer applies`)
         return { contents: text.replace(p.find, p.replace), loader: 'js' }
       })
     }
