@@ -44,6 +44,14 @@ describe('pause process', () => {
     assert.deepEqual(pauseStages('ns x\nend 125\n'), { ns: false, net: false, end: 125 })
   })
 
+  const NETWORK = {
+    netns: 'km1s-a-b',
+    hostNetnsPath: '/run/netns/h',
+    containerFirst: [],
+    host: ['x'],
+    container: ['y'],
+  }
+
   it('hands a shim the pause to fork, split at newlines', () => {
     const env = pauseEnv({
       dir: '/run/x',
@@ -51,13 +59,7 @@ describe('pause process', () => {
       cgroupProcs: ['/a/cgroup.procs'],
       fifos: ['/f'],
       path: PATH,
-      network: {
-        netns: 'km1s-a-b',
-        hostNetnsPath: '/run/netns/h',
-        containerFirst: [],
-        host: ['x'],
-        container: ['y'],
-      },
+      network: NETWORK,
     })
     assert.equal(env.KM1S_PAUSE_NS, '--net\n--uts\n--ipc')
     assert.equal(env.KM1S_PAUSE_ARGS, 'km1s-pause\n/run/x\nh\n1\n/a/cgroup.procs\n/f')
@@ -82,13 +84,7 @@ describe('pause process', () => {
     assert.deepEqual(plain.argv.slice(-6), ['km1s-pause', '/run/x', 'h', '1', '/a/cgroup.procs', '/f'])
     const net = pauseCommand({
       ...base,
-      network: {
-        netns: 'km1s-a-b',
-        hostNetnsPath: '/run/netns/h',
-        containerFirst: [],
-        host: ['x'],
-        container: ['y'],
-      },
+      network: NETWORK,
     })
     assert.deepEqual(net.argv.slice(0, 5), ['unshare', '--net', '--uts', '--ipc', '--'])
     assert.equal(net.env.KM1S_NETNS, 'km1s-a-b')
