@@ -15,12 +15,12 @@
 // the provider answers with a port, a one-time 16-byte ticket and a fresh 32-byte secret. The puller opens
 // TLS to the provider's address on that port with the ticket as its PSK identity and the secret as the key:
 // the handshake succeeds only with both, once. From then on both directions carry frames [u32 length][frame].
-// AES-128-GCM where the provider's CPU has AES instructions, ChaCha20-Poly1305 where it has not (a Raspberry
-// Pi before the 5). A record that fails its check ends the connection; a stolen ticket only spoils that one
+// AES-128-GCM where both ends' CPUs have AES instructions, ChaCha20-Poly1305 where either has not (a
+// Raspberry Pi before the 5). A record that fails its check ends the connection; a stolen ticket only spoils that one
 // lane, and the puller falls back to its libp2p stream, as it does when the port cannot be reached (a
 // firewall) or the provider is a km1s without the fast lane.
 
-import { randomBytes } from 'node:crypto'
+import { constants, randomBytes } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import type net from 'node:net'
@@ -45,6 +45,8 @@ export interface FrameChannel {
   release?(frame: Uint8Array): void
   /** Ends the channel; a pending read rejects. */
   abort(err: Error): void
+  /** A lane's TLS cipher suite. */
+  readonly cipher?: string
 }
 
 /** Length-prefixed frames on a libp2p stream (the protocol as it always was). */
@@ -93,7 +95,7 @@ export function cpuHasAes(cpuinfo: string): boolean {
   return /^(flags|Features)\s*:.*\baes\b/m.test(cpuinfo)
 }
 
-/** The lane's cipher suites, the provider's preferred first (it decides: `honorCipherOrder`). */
+/** The lane's cipher suites in this node's order: AES-GCM first only where the CPU has AES instructions. */
 export function laneCiphers(hasAes: boolean): string {
   const aes = 'PSK-AES128-GCM-SHA256'
   const chacha = 'PSK-CHACHA20-POLY1305'
@@ -194,6 +196,7 @@ const READ_AHEAD = 4
 
 class SocketChannel implements FrameChannel {
   readonly kind = 'bulk'
+  readonly cipher: string
   readonly #socket: TLS.TLSSocket
   readonly #frames: Buffer[] = []
   readonly #reader: FrameReader
@@ -208,6 +211,7 @@ class SocketChannel implements FrameChannel {
     opts: { fed?: boolean } = {},
   ) {
     this.#socket = socket
+    this.cipher = socket.getCipher()?.name ?? 'unknown'
     this.#reader = new FrameReader(maxRead, READ_AHEAD + 2)
     socket.setNoDelay(true)
     // A puller asks HAVE every 250 ms while it pulls: a provider's lane idle for a minute belongs to a puller
@@ -216,7 +220,8 @@ class SocketChannel implements FrameChannel {
     if (role === 'provider')
       socket.on('timeout', () => this.abort(new Km1sError('ERR_BLOCKS_PROTOCOL', 'the fast lane went quiet')))
     if (!opts.fed) socket.on('data', (chunk: Buffer) => this.#onData(chunk))
-    socket.on('error', (err) => this.#end(err))
+    // A TLS record that fails its check errors the socket but leaves it open: the lane is over, so it goes.
+    socket.on('error', (err) => this.abort(err))
     socket.on('close', () => this.#end(new Km1sError('ERR_BLOCKS_PROTOCOL', 'the fast lane closed')))
   }
 
@@ -340,8 +345,18 @@ export class BulkServer {
   #port = 0
   #stats: BulkServerStats = { lanes: 0, refused: 0 }
 
-  constructor(opts: { logger: Logger; ticketTtlMs?: number; maxConnections?: number; handshakeMs?: number }) {
+  readonly #ciphers: string
+
+  /** `ciphers`: this node's cipher order (tests); by default from its CPU. */
+  constructor(opts: {
+    logger: Logger
+    ticketTtlMs?: number
+    maxConnections?: number
+    handshakeMs?: number
+    ciphers?: string
+  }) {
     this.#log = opts.logger
+    this.#ciphers = opts.ciphers ?? localCiphers()
     this.#ticketTtlMs = opts.ticketTtlMs ?? 5_000
     this.#maxConnections = opts.maxConnections ?? 64
     this.#handshakeMs = opts.handshakeMs ?? 2_000
@@ -360,8 +375,11 @@ export class BulkServer {
     const server = tls.createServer(
       {
         ...TLS_BASE,
-        ciphers: localCiphers(),
+        ciphers: this.#ciphers,
         honorCipherOrder: true,
+        // ChaCha20 whenever the puller lists it first (a Pi without AES instructions), AES-GCM only when both
+        // ends have them: OpenSSL's "prioritize ChaCha" on top of the provider's own order.
+        secureOptions: constants.SSL_OP_PRIORITIZE_CHACHA,
         handshakeTimeout: this.#handshakeMs,
         pskCallback: (socket, identity) => this.#claim(socket, identity),
       },
@@ -439,6 +457,9 @@ export class BulkServer {
       return
     }
     this.#stats.lanes++
+    // The TLS socket, not only the TCP one it wraps: destroying the wrapped one leaves a lane open.
+    this.#sockets.add(socket)
+    socket.once('close', () => this.#sockets.delete(socket))
     socket.on('error', () => {})
     t.onLane(new SocketChannel(socket, 'provider', t.maxRead))
   }
@@ -454,6 +475,7 @@ export function connectLane(
   maxRead: number,
   signal: AbortSignal,
   timeoutMs = 1_000,
+  ciphers = localCiphers(),
 ): Promise<FrameChannel> {
   const offer = decodeOffer(offerBytes)
   if (!offer) return Promise.reject(new Km1sError('ERR_BLOCKS_PROTOCOL', 'a malformed fast-lane offer'))
@@ -466,7 +488,7 @@ export function connectLane(
       ...TLS_BASE,
       host,
       port: offer.port,
-      ciphers: localCiphers(),
+      ciphers,
       pskCallback: () => ({
         psk: Buffer.from(offer.secret),
         identity: Buffer.from(offer.ticket).toString('hex'),

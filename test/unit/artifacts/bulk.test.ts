@@ -151,11 +151,12 @@ describe('artifacts/bulk: a lane on loopback', () => {
     mute.on('error', () => {})
     await new Promise<void>((resolve) => mute.on('close', () => resolve())) // after the 0.5 s handshake time
     const lanes = server.stats().lanes
-    await connectLane('127.0.0.1', offer, 100, signal())
+    const ok = await connectLane('127.0.0.1', offer, 100, signal())
     for (let i = 0; i < 100 && server.stats().lanes === lanes; i++)
       await new Promise((r) => setTimeout(r, 10))
     assert.equal(server.stats().lanes, lanes + 1, 'the right ticket still works after a wrong one')
     await assert.rejects(connectLane('127.0.0.1', offer, 100, signal()), 'a ticket works once')
+    ok.abort(new Error('done'))
     const late = server.offer(100, () => {})
     assert.ok(late)
     await new Promise((r) => setTimeout(r, 1_100)) // the ticket lives 1 s here
@@ -189,6 +190,28 @@ describe('artifacts/bulk: a lane on loopback', () => {
       await assert.rejects(puller.read(signal()))
     } finally {
       proxy.close()
+    }
+  })
+
+  it('uses AES-GCM only when both ends prefer it, ChaCha20 when either lacks AES instructions', async () => {
+    const aesFirst = laneCiphers(true)
+    const chachaFirst = laneCiphers(false)
+    for (const [provider, puller, want] of [
+      [aesFirst, aesFirst, 'PSK-AES128-GCM-SHA256'],
+      [aesFirst, chachaFirst, 'PSK-CHACHA20-POLY1305'],
+      [chachaFirst, aesFirst, 'PSK-CHACHA20-POLY1305'],
+    ] as const) {
+      const s = new BulkServer({ logger: silent, ciphers: provider })
+      try {
+        assert.equal(await s.start(), true)
+        const offer = s.offer(100, () => {})
+        assert.ok(offer)
+        const lane = await connectLane('127.0.0.1', offer, 100, signal(), 1_000, puller)
+        assert.equal(lane.cipher, want)
+        lane.abort(new Error('done'))
+      } finally {
+        await s.stop()
+      }
     }
   })
 
