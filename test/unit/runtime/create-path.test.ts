@@ -13,6 +13,27 @@ import { ociConfig, withStartGate } from '../../../src/runtime/oci.ts'
 import { pauseCommand, pauseEnv, pauseFailure, pauseStages } from '../../../src/runtime/pause.ts'
 import { gateArgv, gatedCommand, shimArgv, waitForPidFile } from '../../../src/runtime/shim.ts'
 
+/** Reads a FIFO as a shim's log reader would; expect() checks what it read a moment later and ends it. */
+function fifoReader(path: string): { expect(text: string): Promise<void> } {
+  const reader = spawn('/bin/sh', ['-c', 'exec cat <>"$1"', 'r', path], {
+    stdio: ['ignore', 'pipe', 'ignore'],
+  })
+  let out = ''
+  reader.stdout.on('data', (c) => {
+    out += String(c)
+  })
+  return {
+    expect: (text) =>
+      new Promise<void>((resolve) => {
+        setTimeout(() => {
+          reader.kill()
+          assert.equal(out, text)
+          resolve()
+        }, 200)
+      }),
+  }
+}
+
 const PATH = '/usr/local/bin:/usr/bin:/bin'
 const dir = mkdtempSync(join(tmpdir(), 'km1s-createpath-'))
 after(() => rmSync(dir, { recursive: true, force: true }))
@@ -213,13 +234,7 @@ describe('gated shim', () => {
   it('runs the command after go, with its output on the FIFOs, and records its status', () => {
     const { d, argv } = shim('go', true, ['/bin/sh', '-c', 'echo hello; exit 3'])
     // Read the FIFO while the shim runs: a reader of our own keeps the output.
-    const reader = spawn('/bin/sh', ['-c', 'exec cat <>"$1"', 'r', join(d, 'stdout')], {
-      stdio: ['ignore', 'pipe', 'ignore'],
-    })
-    let out = ''
-    reader.stdout.on('data', (c) => {
-      out += String(c)
-    })
+    const reader = fifoReader(join(d, 'stdout'))
     const r = run(argv, 'cg\ngo\n')
     assert.equal(r.status, 0)
     // It moved the shim, then itself, into each "cgroup" (plain files here): two pids, the shim's first.
@@ -232,13 +247,7 @@ describe('gated shim', () => {
     assert.notEqual(shimPid, '')
     assert.equal(readFileSync(join(d, 'exit'), 'utf8').trim(), '3')
     assert.ok(existsSync(join(d, 'shim.pid')))
-    return new Promise<void>((resolve) => {
-      setTimeout(() => {
-        reader.kill()
-        assert.equal(out, 'hello\n')
-        resolve()
-      }, 200)
-    })
+    return reader.expect('hello\n')
   })
 
   it('holds the gate itself (inline): moves itself, runs the command after go, nothing without it', () => {
@@ -255,13 +264,7 @@ describe('gated shim', () => {
         gated: true,
         inline: true,
       })
-    const reader = spawn('/bin/sh', ['-c', 'exec cat <>"$1"', 'r', join(d, 'stdout')], {
-      stdio: ['ignore', 'pipe', 'ignore'],
-    })
-    let out = ''
-    reader.stdout.on('data', (c) => {
-      out += String(c)
-    })
+    const reader = fifoReader(join(d, 'stdout'))
     for (const input of ['cg\nno\n', 'cg\n', '', 'go\n']) {
       const marker = join(dir, 'inline-not-run')
       assert.equal(run(argvOf(marker), input).status, 0)
@@ -274,13 +277,7 @@ describe('gated shim', () => {
     const shimPid = readFileSync(join(d, 'shim.pid'), 'utf8').trim()
     for (const f of ['procs-a', 'procs-b']) assert.equal(readFileSync(join(d, f), 'utf8').trim(), shimPid)
     assert.equal(readFileSync(join(d, 'exit'), 'utf8').trim(), '4')
-    return new Promise<void>((resolve) => {
-      setTimeout(() => {
-        reader.kill()
-        assert.equal(out, 'hello\n')
-        resolve()
-      }, 200)
-    })
+    return reader.expect('hello\n')
   })
 
   it('runs nothing and records no status without go: a later agent sees a start cut short', () => {
