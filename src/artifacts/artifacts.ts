@@ -98,7 +98,7 @@ export interface ArtifactsStats {
   badBlocksReceived: number
   garbageRequests: number
   bannedPeers: number
-  /** Fast lanes opened to this node, and connections to its lane port refused (no valid ticket in time). */
+  /** Fast lanes opened to this node, and connections to its lane port refused (bad ticket, none in time, too many). */
   fastLanes: number
   fastLanesRefused: number
 }
@@ -577,9 +577,8 @@ export class Artifacts {
    * otherwise land on the swarm's last seconds. The connected peers ask this node directly meanwhile.
    */
   #provideSoon(root: string): void {
-    const t = setTimeout(() => this.#provide(root), 2_000 + Math.random() * 3_000)
-    t.unref()
-    this.#controller.signal.addEventListener('abort', () => clearTimeout(t), { once: true })
+    // #provide does nothing once the agent stops, and the timer holds no stopping agent up.
+    setTimeout(() => this.#provide(root), 2_000 + Math.random() * 3_000).unref()
   }
 
   #ban(peer: string, reason: string): void {
