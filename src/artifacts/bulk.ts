@@ -90,6 +90,11 @@ export function decodeOffer(bytes: Uint8Array): Offer | undefined {
   }
 }
 
+/** The PSK identity a ticket goes by in the handshake (and the key the provider keeps it under). */
+function pskIdentity(ticket: Uint8Array): string {
+  return Buffer.from(ticket).toString('hex')
+}
+
 /** True when this CPU has AES instructions (x86 `aes`, Arm `aes` feature); unknown counts as not. */
 export function cpuHasAes(cpuinfo: string): boolean {
   return /^(flags|Features)\s*:.*\baes\b/m.test(cpuinfo)
@@ -141,7 +146,7 @@ export class FrameReader {
     this.#poolSize = poolSize
   }
 
-  push(chunk: Uint8Array, onFrame: (frame: Buffer) => boolean): void {
+  push(chunk: Uint8Array, onFrame: (frame: Buffer) => void): void {
     let off = 0
     while (off < chunk.length) {
       if (!this.#frame) {
@@ -165,7 +170,7 @@ export class FrameReader {
       if (this.#have === this.#frame.length) {
         const frame = this.#frame
         this.#frame = undefined
-        if (!onFrame(frame)) return
+        onFrame(frame)
       }
     }
   }
@@ -240,7 +245,6 @@ class SocketChannel implements FrameChannel {
           this.#waiter = undefined
           w.resolve(frame)
         } else this.#frames.push(frame)
-        return true
       })
     } catch (err) {
       this.abort(err as Error)
@@ -426,7 +430,7 @@ export class BulkServer {
       ticket: randomBytes(TICKET_BYTES),
       secret: randomBytes(SECRET_BYTES),
     }
-    const key = Buffer.from(offer.ticket).toString('hex')
+    const key = pskIdentity(offer.ticket)
     const timer = setTimeout(() => this.#tickets.delete(key), this.#ticketTtlMs)
     timer.unref()
     this.#tickets.set(key, { secret: Buffer.from(offer.secret), maxRead, onLane, timer })
@@ -460,7 +464,6 @@ export class BulkServer {
     // The TLS socket, not only the TCP one it wraps: destroying the wrapped one leaves a lane open.
     this.#sockets.add(socket)
     socket.once('close', () => this.#sockets.delete(socket))
-    socket.on('error', () => {})
     t.onLane(new SocketChannel(socket, 'provider', t.maxRead))
   }
 }
@@ -491,7 +494,7 @@ export function connectLane(
       ciphers,
       pskCallback: () => ({
         psk: Buffer.from(offer.secret),
-        identity: Buffer.from(offer.ticket).toString('hex'),
+        identity: pskIdentity(offer.ticket),
       }),
       // No certificate in a PSK handshake, and no host name to check: the key is the proof.
       checkServerIdentity: () => undefined,
