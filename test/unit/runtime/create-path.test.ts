@@ -3,7 +3,17 @@
 // and the inotify wait for a pid file. Real shells run the scripts: their behaviour is the point.
 import assert from 'node:assert/strict'
 import { spawn, spawnSync } from 'node:child_process'
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import {
+  closeSync,
+  constants,
+  existsSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  readSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs'
 import { writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -13,24 +23,26 @@ import { ociConfig, withStartGate } from '../../../src/runtime/oci.ts'
 import { pauseCommand, pauseEnv, pauseFailure, pauseStages } from '../../../src/runtime/pause.ts'
 import { gateArgv, gatedCommand, shimArgv, waitForPidFile } from '../../../src/runtime/shim.ts'
 
-/** Reads a FIFO as a shim's log reader would; expect() checks what it read a moment later and ends it. */
-function fifoReader(path: string): { expect(text: string): Promise<void> } {
-  const reader = spawn('/bin/sh', ['-c', 'exec cat <>"$1"', 'r', path], {
-    stdio: ['ignore', 'pipe', 'ignore'],
-  })
-  let out = ''
-  reader.stdout.on('data', (c) => {
-    out += String(c)
-  })
+/**
+ * Holds a FIFO open from now on, as the agent's log reader does, and checks later what was written to it.
+ * Opened here before the shim runs: a FIFO that no process holds open drops what was written to it, and a
+ * reader process started beside the shim sometimes opened it only after the shim had ended (a CI run).
+ */
+function fifoReader(path: string): { expect(text: string): void } {
+  const fd = openSync(path, constants.O_RDWR | constants.O_NONBLOCK)
   return {
-    expect: (text) =>
-      new Promise<void>((resolve) => {
-        setTimeout(() => {
-          reader.kill()
-          assert.equal(out, text)
-          resolve()
-        }, 200)
-      }),
+    expect: (text) => {
+      const buf = Buffer.alloc(64 << 10)
+      let n = 0
+      try {
+        n = readSync(fd, buf)
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') throw err
+      } finally {
+        closeSync(fd)
+      }
+      assert.equal(buf.subarray(0, n).toString(), text)
+    },
   }
 }
 
@@ -247,7 +259,7 @@ describe('gated shim', () => {
     assert.notEqual(shimPid, '')
     assert.equal(readFileSync(join(d, 'exit'), 'utf8').trim(), '3')
     assert.ok(existsSync(join(d, 'shim.pid')))
-    return reader.expect('hello\n')
+    reader.expect('hello\n')
   })
 
   it('holds the gate itself (inline): moves itself, runs the command after go, nothing without it', () => {
@@ -277,7 +289,7 @@ describe('gated shim', () => {
     const shimPid = readFileSync(join(d, 'shim.pid'), 'utf8').trim()
     for (const f of ['procs-a', 'procs-b']) assert.equal(readFileSync(join(d, f), 'utf8').trim(), shimPid)
     assert.equal(readFileSync(join(d, 'exit'), 'utf8').trim(), '4')
-    return reader.expect('hello\n')
+    reader.expect('hello\n')
   })
 
   it('runs nothing and records no status without go: a later agent sees a start cut short', () => {
