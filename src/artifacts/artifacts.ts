@@ -6,6 +6,7 @@ import { basename, isAbsolute, join } from 'node:path'
 import type { Connection, Libp2p, Stream } from '@libp2p/interface'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { errorMessage, Km1sError } from '../common/errors.ts'
+import { holdHeapRoom } from '../common/heap.ts'
 import type { Logger } from '../common/logger.ts'
 import { ipOfAddr } from '../mesh/addresses.ts'
 import type { Store } from '../state/index.ts'
@@ -235,6 +236,7 @@ export class Artifacts {
     const total = items.reduce((n, i) => n + (i.kind === 'file' ? i.size : 0), 0)
     const progress: Progress = { bytes: 0, total, peers: 0, badBlocks: 0 }
     const written: string[] = []
+    const releaseHeap = holdHeapRoom()
     try {
       const entries: ManifestEntry[] = []
       for (const item of items) {
@@ -285,6 +287,7 @@ export class Artifacts {
         files: entries.filter((e) => e.kind === 'file').length,
       }
     } finally {
+      releaseHeap()
       for (const key of written) this.#activeBlocks.delete(key)
     }
   }
@@ -349,6 +352,7 @@ export class Artifacts {
     const key = cid.toString()
     const signal = AbortSignal.any([this.#controller.signal, ...(opts.signal ? [opts.signal] : [])])
     this.#activeRoots.set(key, (this.#activeRoots.get(key) ?? 0) + 1)
+    const releaseHeap = holdHeapRoom()
     try {
       const { manifest, badBlocks, peers } = await fetchArtifact(
         {
@@ -382,6 +386,7 @@ export class Artifacts {
         peers: peers.length,
       }
     } finally {
+      releaseHeap()
       const n = (this.#activeRoots.get(key) ?? 1) - 1
       if (n <= 0) this.#activeRoots.delete(key)
       else this.#activeRoots.set(key, n)
@@ -677,6 +682,8 @@ export class Artifacts {
     const signal = this.#controller.signal
     // A lane seals each frame as it is written, so one buffer serves every block read for it.
     const scratch = ch.kind === 'bulk' ? Buffer.allocUnsafe(MAX_ANSWER_BYTES) : undefined
+    // Held while the puller is connected: serving a swarm promotes objects as fast as pulling does.
+    const releaseHeap = holdHeapRoom()
     try {
       for (;;) {
         let raw: Uint8Array
@@ -735,6 +742,8 @@ export class Artifacts {
       }
     } catch (err) {
       ch.abort(err instanceof Error ? err : new Error(String(err)))
+    } finally {
+      releaseHeap()
     }
   }
 }
