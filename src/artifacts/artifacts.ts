@@ -173,6 +173,7 @@ export class Artifacts {
     this.#controller.abort()
     await this.#bulk?.stop()
     this.#bulk = undefined
+    await this.#blocks.close()
     try {
       await this.#init.libp2p.unhandle(BLOCKS_PROTOCOL)
     } catch {
@@ -535,6 +536,8 @@ export class Artifacts {
       removedBlocks++
       this.#manifests.delete(key)
     }
+    // Deleted blocks are dead space in their packs until the live ones are moved out (blockstore.ts).
+    await this.#blocks.compact()
     const checkouts = join(this.#dir, 'checkout')
     const { readdir } = await import('node:fs/promises')
     for (const name of await readdir(checkouts).catch(() => [] as string[])) {

@@ -2,6 +2,7 @@
 // refusals), ensure's read-only checkout, gc of what no tag or workload refers to, the quota, and the
 // blockstore's own checks (a damaged block is found and removed, a failed write leaves nothing behind).
 import assert from 'node:assert/strict'
+import { execFileSync } from 'node:child_process'
 import { chmod, mkdir, mkdtemp, readdir, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
@@ -12,7 +13,13 @@ import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { Level } from 'level'
 import { pino } from 'pino'
 import { Artifacts, type ArtifactsInit } from '../../../src/artifacts/artifacts.ts'
-import { FileBlockstore, resolveQuota } from '../../../src/artifacts/blockstore.ts'
+import {
+  delRecord,
+  FileBlockstore,
+  putRecord,
+  readIndex,
+  resolveQuota,
+} from '../../../src/artifacts/blockstore.ts'
 import { CHUNK_BYTES, rawCid } from '../../../src/artifacts/cid.ts'
 import { isKm1sError } from '../../../src/common/errors.ts'
 import { normalizeWorkload } from '../../../src/scheduler/workload.ts'
@@ -203,13 +210,10 @@ describe('quota and the blockstore', () => {
       (e) => code('ERR_ARTIFACT_QUOTA')(e) && /km1s artifacts gc/.test(String(e)),
     )
     assert.equal(n.store.get('tag/big:1'), undefined)
-    const shards = await readdir(join(n.dir, 'artifacts', 'blocks'))
-    for (const s of shards)
-      for (const f of await readdir(join(n.dir, 'artifacts', 'blocks', s)))
-        assert.ok(!f.startsWith('.tmp-'), f)
-    // The chunks that fit are garbage now; gc takes them back to where the store was.
+    // The chunks that fit are garbage now; gc takes them back to where the store was, on disk too.
     await n.artifacts.gc()
     assert.deepEqual(n.artifacts.stats().bytes, before.bytes)
+    assert.equal(await packBytes(join(n.dir, 'artifacts', 'blocks')), before.bytes)
     assert.ok((await n.artifacts.ensure('small:1', 'amd64')).dir)
   })
 
@@ -222,8 +226,12 @@ describe('quota and the blockstore', () => {
     await bs.put(cid, good)
     const other = rawCid(new Uint8Array([1, 2, 3]))
     await bs.put(other, new Uint8Array([1, 2, 3]))
-    await writeFile(join(dir, cid.toString().slice(-2), cid.toString()), 'bad block!')
-    await writeFile(join(dir, cid.toString().slice(-2), '.tmp-1-1'), 'left by a crash')
+    await bs.close()
+    // The first block's bytes damaged in its pack (offset 0 of the first pack).
+    const pack = join(dir, 'packs', '1.pack')
+    const bytes = await readFile(pack)
+    bytes.write('bad', 0)
+    await writeFile(pack, bytes)
     // A block this process wrote a moment ago is trusted; after a restart (a crash, torn writes) every block
     // is checked on read again.
     const restarted = new FileBlockstore(dir)
@@ -231,10 +239,12 @@ describe('quota and the blockstore', () => {
     assert.equal(await restarted.get(cid), undefined)
     assert.equal(restarted.has(cid), false)
     assert.deepEqual([...((await restarted.get(other)) ?? [])], [1, 2, 3])
+    await restarted.close()
     const again = new FileBlockstore(dir)
     await again.open(Number.POSITIVE_INFINITY)
     assert.deepEqual([...again.keys()], [other.toString()])
     assert.deepEqual(again.stats().bytes, 3)
+    await again.close()
   })
 
   it('reads quota settings as sizes or a share of the disk', async () => {
@@ -246,3 +256,126 @@ describe('quota and the blockstore', () => {
     await assert.rejects(resolveQuota('lots', dir), code('ERR_ARTIFACT_QUOTA_SETTING'))
   })
 })
+
+describe('blockstore packs', () => {
+  const block = (n: number, size = 1000) => {
+    const bytes = new Uint8Array(size).map((_, i) => (i * 7 + n) & 0xff)
+    return { cid: rawCid(bytes), bytes }
+  }
+
+  it('writes index records that read back, and stops at a torn or garbage tail', () => {
+    const a = block(1).cid.toString()
+    const b = block(2).cid.toString()
+    const idx = Buffer.concat([putRecord(a, 0, 1000), putRecord(b, 1000, 5), delRecord(a)])
+    assert.deepEqual(readIndex(idx), {
+      records: [
+        { op: 1, key: a, offset: 0, size: 1000 },
+        { op: 1, key: b, offset: 1000, size: 5 },
+        { op: 2, key: a },
+      ],
+      whole: idx.length,
+    })
+    for (let cut = 0; cut < idx.length; cut++) {
+      const { records, whole } = readIndex(idx.subarray(0, cut))
+      assert.ok(whole <= cut && records.length <= 3)
+    }
+    const garbage = Buffer.concat([putRecord(a, 0, 1000), Buffer.from([1, 3, 0x41, 0x42, 0x43])])
+    assert.equal(readIndex(garbage).records.length, 1)
+    assert.equal(readIndex(garbage).whole, putRecord(a, 0, 1000).length)
+  })
+
+  it('puts many blocks into one pack, survives a torn index tail, and gives deleted space back in gc', async () => {
+    const dir = await tempDir()
+    const bs = new FileBlockstore(dir)
+    await bs.open(Number.POSITIVE_INFINITY)
+    const blocks = Array.from({ length: 6 }, (_, i) => block(i))
+    await Promise.all(blocks.map((b) => bs.put(b.cid, b.bytes)))
+    assert.deepEqual(await readdir(join(dir, 'packs')), ['1.idx', '1.pack'])
+    await bs.close()
+    // A crash while appending an index record leaves half of one.
+    await writeFile(join(dir, 'packs', '1.idx'), Buffer.from([1, 59, 0x62]), { flag: 'a' })
+    const reopened = new FileBlockstore(dir)
+    await reopened.open(Number.POSITIVE_INFINITY)
+    assert.equal(reopened.stats().blocks, 6)
+    for (const b of blocks) sameBytes(await reopened.get(b.cid), b.bytes)
+    for (const b of blocks.slice(0, 4)) assert.equal(await reopened.delete(b.cid.toString()), 1000)
+    assert.equal(await packBytes(dir), 6000)
+    // The live blocks move to a new pack and the old one goes.
+    assert.equal(await reopened.compact(), 4000)
+    assert.equal(await packBytes(dir), 2000)
+    assert.deepEqual(await readdir(join(dir, 'packs')), ['2.idx', '2.pack'])
+    await reopened.close()
+    const third = new FileBlockstore(dir)
+    await third.open(Number.POSITIVE_INFINITY)
+    assert.deepEqual(
+      [...third.keys()].sort(),
+      blocks
+        .slice(4)
+        .map((b) => b.cid.toString())
+        .sort(),
+    )
+    for (const b of blocks.slice(4)) sameBytes(await third.get(b.cid), b.bytes)
+    await third.close()
+  })
+
+  it('reads and deletes blocks of the old one-file-per-block layout', async () => {
+    const dir = await tempDir()
+    const b = block(9)
+    const key = b.cid.toString()
+    await mkdir(join(dir, key.slice(-2)))
+    await writeFile(join(dir, key.slice(-2), key), b.bytes)
+    await writeFile(join(dir, key.slice(-2), '.tmp-1-1'), 'left by a crash')
+    const bs = new FileBlockstore(dir)
+    await bs.open(Number.POSITIVE_INFINITY)
+    sameBytes(await bs.get(b.cid), b.bytes)
+    assert.deepEqual(await readdir(join(dir, key.slice(-2))), [key])
+    assert.equal(await bs.delete(key), 1000)
+    assert.deepEqual(await readdir(join(dir, key.slice(-2))), [])
+    await bs.close()
+  })
+
+  it('a full disk fails the put with ERR_DISK_FULL and keeps every block written before', {
+    skip: process.getuid?.() !== 0 && 'mounting a small tmpfs needs root',
+  }, async () => {
+    const dir = await tempDir()
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'km1s-test', dir])
+    cleanups.push(async () => execFileSync('umount', ['-l', dir]))
+    const bs = new FileBlockstore(dir)
+    await bs.open(Number.POSITIVE_INFINITY)
+    const blocks = Array.from({ length: 6 }, (_, i) => block(i, CHUNK_BYTES))
+    let stored = 0
+    let failure: unknown
+    for (const b of blocks) {
+      try {
+        await bs.put(b.cid, b.bytes)
+        stored++
+      } catch (err) {
+        failure = err
+        break
+      }
+    }
+    assert.ok(code('ERR_DISK_FULL')(failure), String(failure))
+    assert.match((failure as Error).message, /is full/)
+    assert.ok(stored >= 2 && stored < 6, `stored ${stored}`)
+    assert.equal(bs.stats().blocks, stored)
+    for (const b of blocks.slice(0, stored)) sameBytes(await bs.get(b.cid), b.bytes)
+    await bs.close()
+    const reopened = new FileBlockstore(dir)
+    await reopened.open(Number.POSITIVE_INFINITY)
+    assert.equal(reopened.stats().blocks, stored)
+    for (const b of blocks.slice(0, stored)) sameBytes(await reopened.get(b.cid), b.bytes)
+    await reopened.close()
+  })
+})
+
+/** Bytes of every pack file under a blockstore directory. */
+async function packBytes(dir: string): Promise<number> {
+  let total = 0
+  for (const name of await readdir(join(dir, 'packs')))
+    if (name.endsWith('.pack')) total += (await stat(join(dir, 'packs', name))).size
+  return total
+}
+
+function sameBytes(got: Uint8Array | undefined, want: Uint8Array): void {
+  assert.ok(got && Buffer.from(got).equals(want), 'the block read back differs')
+}
