@@ -113,6 +113,11 @@ export interface Progress {
 
 const BAN_MS = 10 * 60_000
 const SEED_REST_MS = 1_500
+/**
+ * How long a node that has just completed a pull serves that artifact like a puller (every chunk, no rest),
+ * not like a seeder: its upload is not the one to save, and the pullers still at it need its chunks now.
+ */
+const FRESH_PULL_MS = 60_000
 
 export class Artifacts {
   readonly #init: ArtifactsInit
@@ -133,6 +138,8 @@ export class Artifacts {
   readonly #lastServed = new Map<string, number>()
   /** Chunks of artifacts this node seeds (holds whole): their WANTs follow the super-seeding offer. */
   readonly #seeding = new Set<string>()
+  /** Roots this node completed a pull of, and when (FRESH_PULL_MS). */
+  readonly #pulledAt = new Map<string, number>()
   #started = false
   #checkoutSeq = 0
   #stats = { blocksServed: 0, bytesServed: 0, badBlocksReceived: 0, garbageRequests: 0 }
@@ -376,6 +383,8 @@ export class Artifacts {
       this.#manifests.set(key, manifest)
       this.#stats.badBlocksReceived += badBlocks
       this.#provideSoon(key)
+      this.#pulledAt.set(key, Date.now())
+      for (const [root, at] of this.#pulledAt) if (Date.now() - at > FRESH_PULL_MS) this.#pulledAt.delete(root)
       const dir = opts.checkout ? await this.#checkout(cid, manifest) : null
       return {
         cid: key,
@@ -637,11 +646,13 @@ export class Artifacts {
    * What a HAVE answer shows. A node holding the whole artifact shows only the chunks it has sent least
    * often (BitTorrent's super-seeding): pullers that start together then take different chunks from it and
    * the rest from each other, so its upload stays near one copy however many pull. Once every chunk went
-   * out equally often, it shows them all again, so a lone puller or a straggler is never stuck.
+   * out equally often, it shows them all again, so a lone puller or a straggler is never stuck. A node that
+   * completed its own pull of the root a moment ago shows everything, like a puller (FRESH_PULL_MS).
    */
-  #advertised(chunks: CID[]): { offered: boolean[]; seed: boolean } {
+  #advertised(root: string, chunks: CID[]): { offered: boolean[]; seed: boolean } {
     const held = chunks.map((c) => this.#blocks.has(c))
-    if (!held.every(Boolean)) return { offered: held, seed: false }
+    const fresh = Date.now() - (this.#pulledAt.get(root) ?? 0) < FRESH_PULL_MS
+    if (fresh || !held.every(Boolean)) return { offered: held, seed: false }
     if (this.#servedCount.size > 100_000) {
       this.#servedCount.clear()
       this.#lastServed.clear()
@@ -736,7 +747,7 @@ export class Artifacts {
             await ch.write(Uint8Array.of(pulling ? ANS_HAVE : ANS_NONE), signal)
             continue
           }
-          const { offered, seed } = this.#advertised(uniqueChunks(m))
+          const { offered, seed } = this.#advertised(req.cid.toString(), uniqueChunks(m))
           await ch.write(
             Buffer.concat([Uint8Array.of(seed ? ANS_SEED : ANS_HAVE), bitfield(offered)]),
             signal,
