@@ -384,7 +384,8 @@ export class Artifacts {
       this.#stats.badBlocksReceived += badBlocks
       this.#provideSoon(key)
       this.#pulledAt.set(key, Date.now())
-      for (const [root, at] of this.#pulledAt) if (Date.now() - at > FRESH_PULL_MS) this.#pulledAt.delete(root)
+      for (const [root, at] of this.#pulledAt)
+        if (Date.now() - at > FRESH_PULL_MS) this.#pulledAt.delete(root)
       const dir = opts.checkout ? await this.#checkout(cid, manifest) : null
       return {
         cid: key,
