@@ -354,7 +354,7 @@ export class FileBlockstore {
     if (this.#writer && this.#writer.dead > 0) this.#writer = undefined
     for (const pack of [...this.#packs.values()]) {
       // A pack still being written (a pull or push in flight) waits for the next gc.
-      if (pack.dead === 0 || pack === this.#writer || pack.busy > 0) continue
+      if (pack.gone || pack.dead === 0 || pack === this.#writer || pack.busy > 0) continue
       for (const [key, place] of [...this.#places]) {
         if (!('pack' in place) || place.pack !== pack) continue
         const buf = Buffer.allocUnsafe(place.size)
@@ -371,6 +371,8 @@ export class FileBlockstore {
   }
 
   async #removePack(pack: Pack): Promise<void> {
+    // Two gcs at once may both reach the same pack.
+    if (pack.gone) return
     pack.gone = true
     this.#packs.delete(pack.n)
     if (this.#writer === pack) this.#writer = undefined
