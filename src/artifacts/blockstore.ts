@@ -38,8 +38,8 @@ class Pack {
   readonly n: number
   readonly path: string
   readonly idxPath: string
-  /** Bytes reserved so far (the offset of the next block). */
-  size: number
+  /** Bytes reserved so far (the offset of the next block); an existing pack's file size when opened. */
+  size = 0
   /** Bytes of blocks deleted or never indexed (a failed write). */
   dead = 0
   fh: Promise<FileHandle> | undefined
@@ -48,11 +48,10 @@ class Pack {
   busy = 0
   gone = false
 
-  constructor(dir: string, n: number, size: number) {
+  constructor(dir: string, n: number) {
     this.n = n
     this.path = join(dir, `${n}.pack`)
     this.idxPath = join(dir, `${n}.idx`)
-    this.size = size
   }
 
   /**
@@ -156,9 +155,9 @@ export class FileBlockstore {
   }
 
   async #openPack(n: number): Promise<void> {
-    const pack = new Pack(this.#packDir, n, 0)
-    const size = (await stat(pack.path)).size
-    pack.size = size
+    const pack = new Pack(this.#packDir, n)
+    pack.size = (await stat(pack.path)).size
+    const size = pack.size
     const idx = await readFile(pack.idxPath).catch(() => Buffer.alloc(0))
     const { records, whole } = readIndex(idx)
     // A torn last record (a crash while appending) is cut off, so later deletes append after whole ones.
@@ -313,7 +312,7 @@ export class FileBlockstore {
     if (current && !current.gone && (current.size + length <= PACK_BYTES || current.size === 0))
       return current
     const n = this.#nextPack++
-    const pack = new Pack(this.#packDir, n, 0)
+    const pack = new Pack(this.#packDir, n)
     this.#packs.set(n, pack)
     this.#writer = pack
     try {
