@@ -23,6 +23,7 @@ import {
   shouldDial,
 } from './dial-policy.ts'
 import { clusterId } from './identity.ts'
+import { libp2pLogger } from './libp2p-logger.ts'
 import { PeerBook, type PeerBookStore } from './peer-book.ts'
 import { clusterProtector } from './pnet.ts'
 
@@ -61,6 +62,7 @@ function createLibp2pNode(init: MeshInit) {
   return createLibp2p({
     privateKey: init.privateKey,
     start: false,
+    logger: libp2pLogger(),
     addresses: {
       listen: init.listen,
       announceFilter: (addrs: Multiaddr[]) => withoutLoopback(addrs),
