@@ -57,8 +57,14 @@ await build({
   format: 'esm',
   target: 'node22',
   sourcemap: 'linked',
-  minify: true,
-  keepNames: true,
+  // Minified but with every identifier kept, and without keepNames: keepNames wraps every function and class
+  // in a `__name(fn, "fn")` call (Object.defineProperty on the function), run each time the function is
+  // created, and libp2p creates closures per stream and per message; ~30 % of an old node's CPU while a peer
+  // joined (docs/mesh.md). Kept identifiers keep the names (stack traces, `constructor.name`) for 0.4 MB
+  // more of bundle. A class that collides with another in the bundle is renamed (`TimeoutError2`): match
+  // errors by their `name` or `code` property, which libraries set themselves, never by `constructor.name`.
+  minifyWhitespace: true,
+  minifySyntax: true,
   // classic-level loads a prebuilt native addon relative to its own package directory.
   external: ['classic-level'],
   // Noise's WebAssembly helpers, replaced by Node's own crypto: src/mesh/noise-wasm-shim.ts says why.
