@@ -35,7 +35,12 @@ export interface ReplicationInit {
   logger: Logger
   syncIntervalMs?: number
   sessionTimeoutMs?: number
+  /** How long after a connection a session runs anyway if none has (CONNECT_SYNC_MS). */
+  connectSyncMs?: number
 }
+
+/** See `#onConnect`. */
+export const CONNECT_SYNC_MS = 2_000
 
 export interface ReplicationStats {
   published: number
@@ -55,6 +60,8 @@ export class Replication {
   readonly #inFlight = new Set<string>()
   /** Peers to sync with once more when their session in flight ends: something changed meanwhile. */
   readonly #again = new Set<string>()
+  /** When the last session with each peer ended well, as initiator or responder (ms). */
+  readonly #synced = new Map<string, number>()
   readonly #stats: ReplicationStats = {
     published: 0,
     syncSessions: 0,
@@ -119,9 +126,20 @@ export class Replication {
     return { ...this.#stats }
   }
 
+  /**
+   * A new connection is synced when the peer's subscription arrives (below), a moment later, by both sides;
+   * a session is two-way, so a third and fourth at connect only repeated them (~4 % of the CPU of ten agents
+   * starting together: docs/state.md). Should no session with the peer have ended by CONNECT_SYNC_MS (its
+   * gossip never subscribed), one runs then.
+   */
   readonly #onConnect = (evt: CustomEvent<PeerId>): void => {
-    // At once: a newcomer's node record arrives this way, and `km1s nodes` waits for it.
-    void this.syncWith(evt.detail)
+    const peer = evt.detail
+    const since = Date.now()
+    const timer = setTimeout(() => {
+      if (!this.#started || (this.#synced.get(peer.toString()) ?? 0) >= since) return
+      if (this.#init.libp2p.getPeers().some((p) => p.equals(peer))) void this.syncWith(peer)
+    }, this.#init.connectSyncMs ?? CONNECT_SYNC_MS)
+    timer.unref()
   }
 
   /**
@@ -176,6 +194,7 @@ export class Replication {
       await this.#receiveRecords(read, key)
       await this.#sendBuckets(diff.b, send)
       await stream.close({ signal })
+      this.#synced.set(key, Date.now())
       this.#stats.syncSessions++
     } catch (err) {
       this.#stats.syncFailures++
@@ -220,6 +239,7 @@ export class Replication {
       await this.#sendBuckets(buckets, send)
       await this.#receiveRecords(read, key)
       await stream.close({ signal })
+      this.#synced.set(key, Date.now())
     } catch (err) {
       stream.abort(err instanceof Error ? err : new Error(String(err)))
       if (!this.#controller.signal.aborted)

@@ -1,0 +1,100 @@
+// When replication starts a session with a new peer: when the peer's subscription arrives (at once), and at
+// connect only as a fallback, CONNECT_SYNC_MS later, if no session has run by then.
+import assert from 'node:assert/strict'
+import { describe, it } from 'node:test'
+import type { PeerId } from '@libp2p/interface'
+import { createLogger } from '../../../src/common/logger.ts'
+import { Replication, type ReplicationInit, STATE_TOPIC } from '../../../src/state/replication.ts'
+import type { Store } from '../../../src/state/store.ts'
+
+function fakePeer(id: string): PeerId {
+  return { toString: () => id, equals: (o: unknown) => String(o) === id } as unknown as PeerId
+}
+
+function setup() {
+  const peers: PeerId[] = []
+  const dials: string[] = []
+  const libp2p = Object.assign(new EventTarget(), {
+    handle: async () => {},
+    unhandle: async () => {},
+    getPeers: () => peers,
+    // A dial that fails at once: the session counts as not run, and is retried only after 500 ms.
+    dialProtocol: async (peer: PeerId) => {
+      dials.push(peer.toString())
+      throw new Error('no stream in this test')
+    },
+  })
+  const pubsub = Object.assign(new EventTarget(), {
+    subscribe: () => {},
+    unsubscribe: () => {},
+    publish: async () => ({ recipients: [] }),
+    topicValidators: new Map(),
+  })
+  const store = { onChange: () => () => {} } as unknown as Store
+  const replication = new Replication({
+    store,
+    libp2p: libp2p as unknown as ReplicationInit['libp2p'],
+    pubsub: pubsub as unknown as ReplicationInit['pubsub'],
+    logger: createLogger({ level: 'silent' }),
+    connectSyncMs: 60,
+  })
+  return { libp2p, pubsub, replication, dials, peers }
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
+describe('replication: sessions with a new peer', () => {
+  it('a connection alone gets its session only after the fallback delay', async () => {
+    const peer = fakePeer('peer-a')
+    const { libp2p, replication, dials, peers } = setup()
+    await replication.start()
+    peers.push(peer)
+    try {
+      libp2p.dispatchEvent(new CustomEvent('peer:connect', { detail: peer }))
+      await sleep(20)
+      assert.deepEqual(dials, [], 'no session at connect')
+      await sleep(80)
+      assert.deepEqual(dials, ['peer-a'], 'one session after the fallback delay')
+    } finally {
+      await replication.stop()
+    }
+  })
+
+  it("the peer's subscription starts a session at once", async () => {
+    const peer = fakePeer('peer-b')
+    const { libp2p, pubsub, replication, dials, peers } = setup()
+    await replication.start()
+    peers.push(peer)
+    try {
+      libp2p.dispatchEvent(new CustomEvent('peer:connect', { detail: peer }))
+      pubsub.dispatchEvent(
+        new CustomEvent('subscription-change', {
+          detail: { peerId: peer, subscriptions: [{ topic: STATE_TOPIC, subscribe: true }] },
+        }),
+      )
+      await sleep(5)
+      assert.deepEqual(dials, ['peer-b'])
+      // The session failed, so the fallback still runs one: a failed session is no session.
+      await sleep(100)
+      assert.deepEqual(dials, ['peer-b', 'peer-b'])
+    } finally {
+      await replication.stop()
+    }
+  })
+
+  it('other topics start nothing, and a stopped replication dials nobody', async () => {
+    const peer = fakePeer('peer-c')
+    const { libp2p, pubsub, replication, dials, peers } = setup()
+    await replication.start()
+    peers.push(peer)
+    pubsub.dispatchEvent(
+      new CustomEvent('subscription-change', {
+        detail: { peerId: peer, subscriptions: [{ topic: 'other', subscribe: true }] },
+      }),
+    )
+    libp2p.dispatchEvent(new CustomEvent('peer:connect', { detail: peer }))
+    await replication.stop()
+    await sleep(100)
+    assert.deepEqual(dials, [])
+  })
+})
