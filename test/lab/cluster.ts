@@ -18,7 +18,8 @@ import { createLab, type Lab, type LabNode, waitFor } from './lab.ts'
 const execFileAsync = promisify(execFile)
 
 export const ROOT = resolve(import.meta.dirname, '../..')
-export const KM1S = join(ROOT, 'bin', 'km1s')
+// KM1S_LAB_BIN: another build's bin/km1s, to measure two builds side by side.
+export const KM1S = process.env.KM1S_LAB_BIN ?? join(ROOT, 'bin', 'km1s')
 export const MESH_PORT = 4100
 
 export function listenAddr(node: LabNode): string {
