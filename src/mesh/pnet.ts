@@ -29,9 +29,21 @@ export function keystream(secret: Uint8Array, nonce: Uint8Array): (data: Uint8Ar
   return (data) => cipher.update(data)
 }
 
+/**
+ * Frames smaller than this, sent in one turn of the event loop, leave as one socket write (see `sendData`);
+ * larger ones are written at once, after whatever waits before them.
+ */
+export const COALESCE_BYTES = 16 * 1024
+
 class ChaChaConnection extends AbstractMultiaddrConnection {
   readonly #inner: MessageStream
   readonly #seal: (data: Uint8Array) => Uint8Array
+  /** Sealed frames waiting for the end of this turn of the event loop, in order. */
+  #pending: Uint8Array[] = []
+  #pendingBytes = 0
+  #flushQueued = false
+  /** The socket refused more at the last write: tell the muxer to wait for its drain. */
+  #innerFull = false
 
   constructor(
     inner: MultiaddrConnection,
@@ -48,7 +60,10 @@ class ChaChaConnection extends AbstractMultiaddrConnection {
       if (data instanceof Uint8Array) this.onData(open(data))
       else for (const buf of data) this.onData(open(buf))
     })
-    inner.addEventListener('drain', () => this.onMuxerDrain())
+    inner.addEventListener('drain', () => {
+      this.#innerFull = false
+      this.onMuxerDrain()
+    })
     inner.addEventListener('close', (evt) => {
       if (evt.error == null) this.onTransportClosed()
       else if (evt.local) this.abort(evt.error)
@@ -57,14 +72,59 @@ class ChaChaConnection extends AbstractMultiaddrConnection {
   }
 
   async sendClose(options?: AbortOptions): Promise<void> {
+    this.#flush()
     await this.#inner.close(options)
   }
 
+  /**
+   * Sealed at once (the keystream must follow the byte order), written at the end of this turn of the event
+   * loop: a connection's small frames — yamux headers and window updates, multistream-select, identify,
+   * gossip, a sync session's frames — come several at a time, and each socket write on a LAN costs both
+   * kernels a packet: ~160 µs of CPU apiece in a lab (veth), two thirds of them mergeable (docs/mesh.md).
+   */
   sendData(data: Uint8ArrayList): { sentBytes: number; canSendMore: boolean } {
-    return { sentBytes: data.byteLength, canSendMore: this.#inner.send(this.#seal(data.subarray())) }
+    const sealed = this.#seal(data.subarray())
+    if (sealed.byteLength >= COALESCE_BYTES) {
+      this.#flush()
+      this.#write(sealed)
+    } else {
+      this.#pending.push(sealed)
+      this.#pendingBytes += sealed.byteLength
+      if (this.#pendingBytes >= COALESCE_BYTES) this.#flush()
+      else if (!this.#flushQueued) {
+        this.#flushQueued = true
+        setImmediate(this.#flushLater)
+      }
+    }
+    return { sentBytes: data.byteLength, canSendMore: !this.#innerFull }
+  }
+
+  readonly #flushLater = (): void => {
+    this.#flushQueued = false
+    try {
+      this.#flush()
+    } catch (err) {
+      // The socket closed under the frames: nobody awaits this write, so the connection ends here.
+      this.abort(err instanceof Error ? err : new Error(String(err)))
+    }
+  }
+
+  #flush(): void {
+    if (this.#pendingBytes === 0) return
+    const chunks = this.#pending
+    const bytes = this.#pendingBytes
+    this.#pending = []
+    this.#pendingBytes = 0
+    this.#write(chunks.length === 1 ? (chunks[0] as Uint8Array) : Buffer.concat(chunks, bytes))
+  }
+
+  #write(bytes: Uint8Array): void {
+    if (!this.#inner.send(bytes)) this.#innerFull = true
   }
 
   sendReset(err: Error): void {
+    this.#pending = []
+    this.#pendingBytes = 0
     this.#inner.abort(err)
   }
 

@@ -3,7 +3,13 @@ import { randomBytes } from 'node:crypto'
 import { describe, it } from 'node:test'
 import type { MessageStream } from '@libp2p/interface'
 import { multiaddrConnectionPair } from '@libp2p/utils'
-import { clusterProtector, directionKey, keystream, PNET_NONCE_BYTES } from '../../../src/mesh/pnet.ts'
+import {
+  COALESCE_BYTES,
+  clusterProtector,
+  directionKey,
+  keystream,
+  PNET_NONCE_BYTES,
+} from '../../../src/mesh/pnet.ts'
 
 /** Everything `stream` receives until `bytes` have arrived, as one buffer. */
 function receive(stream: MessageStream, bytes: number): Promise<Buffer> {
@@ -69,6 +75,47 @@ describe('mesh/pnet: the private network', () => {
     assert.deepEqual(await gotA, ba)
     const onWire = Buffer.concat(wire)
     assert.equal(onWire.indexOf(ab.subarray(0, 32)), -1, 'the plaintext must not appear on the wire')
+  })
+
+  it('small frames sent in one turn leave in one write, in order; large ones at once', async () => {
+    const secret = randomBytes(32)
+    const [outRaw, inRaw] = multiaddrConnectionPair()
+    const writes: number[] = []
+    const rawSend = outRaw.send.bind(outRaw)
+    const [a, b] = await Promise.all([
+      clusterProtector(secret)().protect(outRaw),
+      clusterProtector(secret)().protect(inRaw),
+    ])
+    outRaw.send = (data) => {
+      writes.push(data.byteLength)
+      return rawSend(data)
+    }
+    const small = Array.from({ length: 20 }, (_, i) => Buffer.from(`frame ${i};`))
+    const big = randomBytes(COALESCE_BYTES * 2)
+    const all = Buffer.concat([...small, big, ...small])
+    const got = receive(b, all.byteLength)
+    for (const f of small) a.send(f)
+    assert.deepEqual(writes, [], 'nothing written before the end of the turn')
+    a.send(big)
+    const before = small.reduce((n, f) => n + f.byteLength, 0)
+    assert.deepEqual(writes, [before, big.byteLength], 'waiting frames first, then the large one at once')
+    for (const f of small) a.send(f)
+    assert.deepEqual(await got, all)
+    assert.deepEqual(writes, [before, big.byteLength, before], 'the second batch in one write too')
+  })
+
+  it('a close sends what waits first', async () => {
+    const secret = randomBytes(32)
+    const [outRaw, inRaw] = multiaddrConnectionPair()
+    const [a, b] = await Promise.all([
+      clusterProtector(secret)().protect(outRaw),
+      clusterProtector(secret)().protect(inRaw),
+    ])
+    const msg = Buffer.from('last words')
+    const got = receive(b, msg.byteLength)
+    a.send(msg)
+    await a.close()
+    assert.deepEqual(await got, msg)
   })
 
   it('a node with another secret reads only noise', async () => {
