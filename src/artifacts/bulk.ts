@@ -32,8 +32,13 @@ import type { Logger } from '../common/logger.ts'
 
 // node:tls through require, not `import`: an ESM import of a builtin reads every export for its facade, and
 // node:tls's `rootCertificates` getter then parses Node's bundled CA certificates (1.5 MiB of heap in every
-// agent; a PSK lane needs none). See common/http.ts.
-const tls = createRequire(import.meta.url)('node:tls') as typeof TLS
+// agent; a PSK lane needs none). See common/http.ts. And only when a lane opens: an idle agent never needs
+// node:tls and the modules it loads (~1 MiB of RSS).
+let tlsModule: typeof TLS | undefined
+const tls = (): typeof TLS => {
+  tlsModule ??= createRequire(import.meta.url)('node:tls') as typeof TLS
+  return tlsModule
+}
 
 /** The block protocol's frames, over a libp2p stream or a fast lane. */
 export interface FrameChannel {
@@ -376,7 +381,7 @@ export class BulkServer {
 
   /** Listens on an ephemeral port on every address; resolves false if it cannot (no fast lane then). */
   async start(): Promise<boolean> {
-    const server = tls.createServer(
+    const server = tls().createServer(
       {
         ...TLS_BASE,
         ciphers: this.#ciphers,
@@ -503,7 +508,7 @@ export function connectLane(
         callback: (n, buf) => lane?.feed(buf.subarray(0, n)) ?? true,
       },
     }
-    const socket = tls.connect(options)
+    const socket = tls().connect(options)
     const fail = (err: Error) => {
       clearTimeout(timer)
       signal.removeEventListener('abort', onAbort)

@@ -3,7 +3,6 @@
 // with -o copies from the agent's read-only checkout with this user's own permissions.
 import { chmod, copyFile, cp, lstat } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
-import cliProgress from 'cli-progress'
 import type { Command } from 'commander'
 import { ApiClient } from '../../api/index.ts'
 import type { PushResultView } from '../../api/schemas.ts'
@@ -22,9 +21,14 @@ interface ProgressEvent {
   message?: string
 }
 
-/** A progress bar on stderr (bytes, rate, peers) when it is a terminal; nothing otherwise. */
-function progressBar(enabled: boolean, showPeers: boolean) {
+/**
+ * A progress bar on stderr (bytes, rate, peers) when it is a terminal; nothing otherwise. cli-progress is
+ * imported here, not at the top: every command module is evaluated in every km1s process, the agent's too,
+ * and cli-progress loads node:readline (~1.8 MiB of RSS in a bare node) for a bar only a terminal sees.
+ */
+async function progressBar(enabled: boolean, showPeers: boolean) {
   if (!enabled) return { update: (_e: ProgressEvent) => {}, stop: () => {} }
+  const { default: cliProgress } = await import('cli-progress')
   const bar = new cliProgress.SingleBar(
     {
       format: `{bar} {percentage}% | {done}/{all} | {rate}${showPeers ? ' | {peers} peers' : ''}`,
@@ -63,7 +67,7 @@ function progressBar(enabled: boolean, showPeers: boolean) {
 /** Follows a push or pull stream to its `done` result, drawing progress; an `error` event is thrown. */
 async function follow<R>(
   events: AsyncIterable<ProgressEvent & { result?: R }>,
-  bar: ReturnType<typeof progressBar>,
+  bar: Awaited<ReturnType<typeof progressBar>>,
 ): Promise<R> {
   try {
     for await (const e of events) {
@@ -99,7 +103,7 @@ export async function pushPath(
       `${abs} is not a regular file or a directory; km1s push refuses sockets, FIFOs and devices.`,
     )
   const ctl = new AbortController()
-  const bar = progressBar(opts.bar && process.stderr.isTTY === true, false)
+  const bar = await progressBar(opts.bar && process.stderr.isTTY === true, false)
   try {
     return await follow(new ApiClient(socket).push({ path: abs, name, arch: opts.arch }, ctl.signal), bar)
   } finally {
@@ -137,7 +141,7 @@ export function registerArtifactCommands(program: Command): void {
       const g = globals(cmd)
       const ctl = new AbortController()
       process.once('SIGINT', () => ctl.abort())
-      const bar = progressBar(!g.json && process.stderr.isTTY === true, true)
+      const bar = await progressBar(!g.json && process.stderr.isTTY === true, true)
       const r = await follow(
         new ApiClient(g.socket).pull(
           { ref, arch: opts.arch, checkout: opts.output !== undefined },
