@@ -41,16 +41,31 @@ function setup() {
   return { libp2p, pubsub, replication, dials, peers }
 }
 
+/** What gossipsub emits when `peer`'s subscription to `topic` arrives. */
+function subscribed(pubsub: EventTarget, peer: PeerId, topic: string): void {
+  pubsub.dispatchEvent(
+    new CustomEvent('subscription-change', {
+      detail: { peerId: peer, subscriptions: [{ topic, subscribe: true }] },
+    }),
+  )
+}
+
+/** A started replication that `id` has just connected to. */
+async function connected(id: string) {
+  const peer = fakePeer(id)
+  const t = setup()
+  await t.replication.start()
+  t.peers.push(peer)
+  t.libp2p.dispatchEvent(new CustomEvent('peer:connect', { detail: peer }))
+  return { ...t, peer }
+}
+
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
 describe('replication: sessions with a new peer', () => {
   it('a connection alone gets its session only after the fallback delay', async () => {
-    const peer = fakePeer('peer-a')
-    const { libp2p, replication, dials, peers } = setup()
-    await replication.start()
-    peers.push(peer)
+    const { replication, dials } = await connected('peer-a')
     try {
-      libp2p.dispatchEvent(new CustomEvent('peer:connect', { detail: peer }))
       await sleep(20)
       assert.deepEqual(dials, [], 'no session at connect')
       await sleep(80)
@@ -61,17 +76,9 @@ describe('replication: sessions with a new peer', () => {
   })
 
   it("the peer's subscription starts a session at once", async () => {
-    const peer = fakePeer('peer-b')
-    const { libp2p, pubsub, replication, dials, peers } = setup()
-    await replication.start()
-    peers.push(peer)
+    const { pubsub, replication, dials, peer } = await connected('peer-b')
     try {
-      libp2p.dispatchEvent(new CustomEvent('peer:connect', { detail: peer }))
-      pubsub.dispatchEvent(
-        new CustomEvent('subscription-change', {
-          detail: { peerId: peer, subscriptions: [{ topic: STATE_TOPIC, subscribe: true }] },
-        }),
-      )
+      subscribed(pubsub, peer, STATE_TOPIC)
       await sleep(5)
       assert.deepEqual(dials, ['peer-b'])
       // The session failed, so the fallback still runs one: a failed session is no session.
@@ -83,16 +90,8 @@ describe('replication: sessions with a new peer', () => {
   })
 
   it('other topics start nothing, and a stopped replication dials nobody', async () => {
-    const peer = fakePeer('peer-c')
-    const { libp2p, pubsub, replication, dials, peers } = setup()
-    await replication.start()
-    peers.push(peer)
-    pubsub.dispatchEvent(
-      new CustomEvent('subscription-change', {
-        detail: { peerId: peer, subscriptions: [{ topic: 'other', subscribe: true }] },
-      }),
-    )
-    libp2p.dispatchEvent(new CustomEvent('peer:connect', { detail: peer }))
+    const { pubsub, replication, dials, peer } = await connected('peer-c')
+    subscribed(pubsub, peer, 'other')
     await replication.stop()
     await sleep(100)
     assert.deepEqual(dials, [])
