@@ -29,7 +29,7 @@ const PATCHES = [
     replace: '        if (flags === 0 && this.recvWindow - this.recvWindowCapacity < this.recvWindow / 2) {',
   },
   // The peer store sorts protocols, metadata keys and addresses, and compares peer records, with
-  // localeCompare: its first call loads ICU's collation (~10 ms of an agent's start, and ~3 MB of the node
+  // localeCompare: its first call loads ICU's collation (~10 ms of an agent's start, and ~2 MB of the node
   // binary's ICU data resident in every agent). The order only has to be the same every time within one
   // process (the peer store lives in memory), so plain code-unit order does.
   {
