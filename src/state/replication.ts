@@ -137,7 +137,7 @@ export class Replication {
     const since = Date.now()
     const timer = setTimeout(() => {
       if (!this.#started || (this.#synced.get(peer.toString()) ?? 0) >= since) return
-      if (this.#init.libp2p.getPeers().some((p) => p.equals(peer))) void this.syncWith(peer)
+      if (this.#isConnected(peer)) void this.syncWith(peer)
     }, this.#init.connectSyncMs ?? CONNECT_SYNC_MS)
     timer.unref()
   }
@@ -204,8 +204,7 @@ export class Replication {
         if (attempt < 3) {
           const retry = setTimeout(
             () => {
-              if (this.#init.libp2p.getPeers().some((p) => p.equals(peer)))
-                void this.syncWith(peer, attempt + 1)
+              if (this.#isConnected(peer)) void this.syncWith(peer, attempt + 1)
             },
             500 * 3 ** attempt,
           )
@@ -214,10 +213,14 @@ export class Replication {
       }
     } finally {
       this.#inFlight.delete(key)
-      if (this.#again.delete(key) && this.#init.libp2p.getPeers().some((p) => p.equals(peer))) {
+      if (this.#again.delete(key) && this.#isConnected(peer)) {
         void this.syncWith(peer)
       }
     }
+  }
+
+  #isConnected(peer: PeerId): boolean {
+    return this.#init.libp2p.getPeers().some((p) => p.equals(peer))
   }
 
   async #respond(stream: Stream, remote: PeerId): Promise<void> {
