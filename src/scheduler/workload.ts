@@ -1,8 +1,7 @@
 // The workload: what a user asks to run (from `km1s run` flags or a YAML manifest), its stored form in
 // `workload/<name>` records, and the replica containers it becomes. Validation lives here, at the boundary:
-// every error names the field and what is allowed.
+// every error names the field and what is allowed. The YAML side is manifest.ts: the agent needs none of it.
 import { createHash } from 'node:crypto'
-import { parseAllDocuments, stringify } from 'yaml'
 import { Km1sError } from '../common/errors.ts'
 import * as z from '../common/schema.ts'
 import { type ContainerSpecInput, RestartPolicy } from '../runtime/types.ts'
@@ -277,39 +276,6 @@ export function toManifest(w: WorkloadValue): Record<string, unknown> {
   if (Object.keys(w.env).length > 0) out.env = w.env
   if (w.exclusive) out.exclusive = true
   if (w.stopped) out.stopped = true
-  return out
-}
-
-/** Several workloads as one YAML stream, one document each. */
-export function workloadsToYaml(ws: WorkloadValue[]): string {
-  return ws.map((w) => stringify(toManifest(w))).join('---\n')
-}
-
-/** Every document of a YAML (or JSON) file, validated; the first bad one throws, naming file, document, field. */
-export function parseManifests(text: string, file: string): WorkloadValue[] {
-  const docs = parseAllDocuments(text, { prettyErrors: false })
-  const list = Array.isArray(docs) ? docs : [docs]
-  const out: WorkloadValue[] = []
-  const names = new Set<string>()
-  list.forEach((doc, i) => {
-    const where = list.length > 1 ? `${file} document ${i + 1}` : file
-    const err = doc.errors[0]
-    if (err) throw new Km1sError('ERR_INVALID', `${where} is not valid YAML: ${err.message.split('\n')[0]}.`)
-    const value = doc.toJS() as unknown
-    if (value === null || value === undefined) return // an empty document (a trailing ---)
-    if (typeof value !== 'object' || Array.isArray(value))
-      throw new Km1sError('ERR_INVALID', `${where}: a workload is a mapping of fields (name, command, …).`)
-    const w = normalizeWorkload(value, where)
-    if (names.has(w.name))
-      throw new Km1sError(
-        'ERR_INVALID',
-        `${where}: name ${w.name} appears twice in ${file}; give each a new name.`,
-      )
-    names.add(w.name)
-    out.push(w)
-  })
-  if (out.length === 0)
-    throw new Km1sError('ERR_INVALID', `${file} holds no workload; write at least a name and a command.`)
   return out
 }
 

@@ -15,6 +15,7 @@ import { pushPath } from './artifacts.ts'
 // Workload parsing brings YAML and the record schemas (with libp2p's peer ids): loaded by the commands
 // that parse or hash a workload, so that ps, logs and the rest start without them (scripts/build.mjs).
 const workloadModule = () => import('../../scheduler/workload.ts')
+const manifestModule = () => import('../../scheduler/manifest.ts')
 const flagsModule = () => import('../workload-flags.ts')
 
 const collect = (value: string, previous: string[]) => [...previous, value]
@@ -152,7 +153,7 @@ export function registerWorkloadCommands(program: Command): void {
     .action(async (opts: { file: string; wait?: boolean; timeout: number }, cmd: Command) => {
       const g = globals(cmd)
       // Every document is checked before anything is written: a bad manifest changes nothing.
-      const { parseManifests } = await workloadModule()
+      const { parseManifests } = await manifestModule()
       const ws = parseManifests(await readManifest(opts.file), opts.file === '-' ? 'stdin' : opts.file)
       const client = new ApiClient(g.socket)
       const stored: WorkloadValue[] = []
@@ -174,7 +175,8 @@ export function registerWorkloadCommands(program: Command): void {
     .action(async (name: string | undefined, opts: { output: string }, cmd: Command) => {
       const g = globals(cmd)
       const client = new ApiClient(g.socket)
-      const { specHash, workloadsToYaml } = await workloadModule()
+      const { specHash } = await workloadModule()
+      const { workloadsToYaml } = await manifestModule()
       let ws = await client.workloads()
       if (name !== undefined) {
         ws = ws.filter((w) => w.name === name)

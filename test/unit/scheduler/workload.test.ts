@@ -3,17 +3,16 @@ import { describe, it } from 'node:test'
 import fc from 'fast-check'
 import { isLocalArtifact, workloadFromFlags } from '../../../src/cli/workload-flags.ts'
 import { ContainerSpec } from '../../../src/runtime/types.ts'
+import { parseManifests, workloadsToYaml } from '../../../src/scheduler/manifest.ts'
 import {
   containerSpecOf,
   normalizeWorkload,
   parseCpu,
-  parseManifests,
   parseMemory,
   parseReplicaName,
   specHash,
   toManifest,
   WorkloadValue,
-  workloadsToYaml,
 } from '../../../src/scheduler/workload.ts'
 
 const flags = {
