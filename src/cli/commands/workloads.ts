@@ -12,8 +12,9 @@ import { humanDuration, printJson, printTable } from '../output.ts'
 import type { RunOptions } from '../workload-flags.ts'
 import { pushPath } from './artifacts.ts'
 
-// Workload parsing brings YAML and the record schemas (with libp2p's peer ids): loaded by the commands
-// that parse or hash a workload, so that ps, logs and the rest start without them (scripts/build.mjs).
+// Workload parsing brings the record schemas (with libp2p's peer ids), and manifests bring YAML: loaded by
+// the commands that parse or hash a workload, so that ps, logs and the rest start without them
+// (scripts/build.mjs).
 const workloadModule = () => import('../../scheduler/workload.ts')
 const manifestModule = () => import('../../scheduler/manifest.ts')
 const flagsModule = () => import('../workload-flags.ts')
