@@ -7,6 +7,9 @@ import { mkdirSync, readFileSync, rmSync } from 'node:fs'
 import { resolve } from 'node:path'
 import { build } from 'esbuild'
 
+// Patched twice below: patches of one file must share one pattern to be applied in one load.
+const KAD_REFRESH = /@libp2p[\\/]kad-dht[\\/]dist[\\/]src[\\/]routing-table[\\/]refresh\.js$/
+
 /**
  * Small source patches to dependencies, applied as the bundle is built. Each names its file, the exact text it
  * replaces (the build fails when an upgrade changed it: look again whether the patch is still needed) and why.
@@ -55,12 +58,12 @@ const PATCHES = [
   // 480 KB module, ~1 MB of every agent's heap and bundle source). src/mesh/kad-prefix.ts finds one by hashing
   // instead, matching only the bits the bucket fixes.
   {
-    file: /@libp2p[\\/]kad-dht[\\/]dist[\\/]src[\\/]routing-table[\\/]refresh\.js$/,
+    file: KAD_REFRESH,
     find: 'import GENERATED_PREFIXES from "./generated-prefix-list.js";',
     replace: 'import { kadKeyPrefix } from "km1s:kad-prefix";',
   },
   {
-    file: /@libp2p[\\/]kad-dht[\\/]dist[\\/]src[\\/]routing-table[\\/]refresh\.js$/,
+    file: KAD_REFRESH,
     find: 'const keyPrefix = GENERATED_PREFIXES[targetPrefix];',
     replace: 'const keyPrefix = kadKeyPrefix(targetPrefix, targetCommonPrefixLength + 1);',
   },
