@@ -35,7 +35,5 @@ export function kadKeyPrefix(prefix: number, bits: number): number {
     key.writeUInt32BE(x, 2)
     if (createHash('sha256').update(key).digest().readUInt16BE(0) >>> shift === want) return x
   }
-  throw new Error(
-    `kadKeyPrefix: no key with the ${bits}-bit prefix ${prefix >>> shift} in ${MAX_TRIES} tries`,
-  )
+  throw new Error(`kadKeyPrefix: no key with the ${bits}-bit prefix ${want} in ${MAX_TRIES} tries`)
 }
