@@ -74,8 +74,10 @@ const patchPlugin = {
   setup(b) {
     // Patches of one file apply in order, in one load.
     const byFile = Map.groupBy(PATCHES, (p) => p.file.source)
-    for (const patches of byFile.values()) {
+    const loaded = new Set()
+    for (const [source, patches] of byFile) {
       b.onLoad({ filter: patches[0].file }, (args) => {
+        loaded.add(source)
         let text = readFileSync(args.path, 'utf8')
         for (const p of patches) {
           if (!text.includes(p.find))
@@ -85,6 +87,19 @@ const patchPlugin = {
         return { contents: text, loader: 'js' }
       })
     }
+    // A patch whose file the bundle no longer loads (a dependency moved or dropped it) would otherwise be
+    // skipped without a word, and whatever it fixed would come back unnoticed.
+    b.onEnd((result) => {
+      if (result.errors.length > 0) return
+      const missing = [...byFile.keys()].filter((source) => !loaded.has(source))
+      if (missing.length > 0) {
+        return {
+          errors: missing.map((source) => ({
+            text: `scripts/build.mjs: no bundled file matches the patch pattern /${source}/; look again whether the patch is still needed`,
+          })),
+        }
+      }
+    })
     // The modules that patches import by a `km1s:` name.
     b.onResolve({ filter: /^km1s:kad-prefix$/ }, () => ({ path: resolve('src/mesh/kad-prefix.ts') }))
   },
