@@ -55,12 +55,19 @@ describe('services on 5 nodes', { skip: isRoot ? false : 'needs root' }, () => {
 
   const services = async (n: LabNode) => JSON.parse(await km1sOk(n, ['services', '--json'])) as ServiceView[]
   const ps = async (n: LabNode) => JSON.parse(await km1sOk(n, ['ps', '--json'])) as ReplicaView[]
-  /** `count` GETs through a new connection each, from the client container on `n`; the answering names. */
-  async function getFrom(n: LabNode, url: string, count: number): Promise<string[]> {
-    const loop = `for i in $(seq ${count}); do curl -s --max-time 2 ${url}; done`
+  /**
+   * `count` GETs through a new connection each, from the client container on `n`; the answering names.
+   * Every request's curl exit code and times (name lookup, connect, total) go into `trace`, for the message
+   * of a failed assertion.
+   */
+  async function getFrom(n: LabNode, url: string, count: number, trace: string[] = []): Promise<string[]> {
+    const timing = ' %{exitcode} dns=%{time_namelookup} connect=%{time_connect} total=%{time_total}'
+    const loop = `for i in $(seq ${count}); do echo "$(curl -s --max-time 2 -w '${timing}' ${url} | tr -d '\\n')"; done`
     const r = await km1s(n, ['exec', client(n), '--', '/bin/sh', '-c', loop])
     assert.equal(r.code, 0, r.stderr)
-    return r.stdout.split('\n').filter((l) => l !== '')
+    const lines = r.stdout.split('\n').filter((l) => l !== '')
+    trace.push(...lines.map((l) => `${n.name}: ${l}`))
+    return lines.map((l) => l.split(' ')[0] as string).filter((name) => name !== '')
   }
   async function dig(n: LabNode, ...args: string[]): Promise<string> {
     const r = await n.exec(['dig', '@127.0.0.1', '+tries=1', '+time=2', '+short', ...args], {
@@ -142,8 +149,9 @@ describe('services on 5 nodes', { skip: isRoot ? false : 'needs root' }, () => {
   it('from a container on every node, web.km1s.internal:8080 reaches the replicas, and more than one answers', async () => {
     await Promise.all(
       nodes.map(async (n) => {
-        const names = await getFrom(n, 'http://web.km1s.internal:8080/', 6)
-        assert.equal(names.length, 6, `${n.name}: ${names}`)
+        const trace: string[] = []
+        const names = await getFrom(n, 'http://web.km1s.internal:8080/', 6, trace)
+        assert.equal(names.length, 6, trace.join('\n'))
         for (const name of names) assert.match(name, /^web-[0-2]$/)
         assert.ok(new Set(names).size > 1, `${n.name}: only ${names[0]} answered`)
       }),
