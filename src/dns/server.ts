@@ -61,6 +61,8 @@ export interface DnsServerOptions {
   rateLimit: { perSecond: number; burst: number } | null
   logger: Logger
   random?: (n: number) => number
+  /** How often an address that could not be bound is tried again (default 2 s). */
+  retryMs?: number
 }
 
 export interface DnsStats {
@@ -95,6 +97,9 @@ export class DnsServer {
   readonly #tcpSockets = new Set<net.Socket>()
   #zone: Zone = buildZone([])
   #wanted: string[] = []
+  /** Addresses already warned about: a retry that fails again says so only at debug level. */
+  readonly #warned = new Set<string>()
+  #retry: NodeJS.Timeout | undefined
   #stopped = false
   readonly #stats: DnsStats = {
     queries: 0,
@@ -129,8 +134,15 @@ export class DnsServer {
     await this.setAddresses(this.#o.addresses)
   }
 
-  /** Listens on exactly these addresses (idempotent); one that cannot be bound yet is retried next call. */
+  /**
+   * Listens on exactly these addresses (idempotent). One that cannot be bound yet (the bridge's address
+   * before it is there, a port another program holds) is tried again every `retryMs` until it is bound or
+   * no longer wanted: without that, a bind that lost a race at start left the node's containers without
+   * DNS until the subnet changed.
+   */
   async setAddresses(addresses: string[]): Promise<void> {
+    clearTimeout(this.#retry)
+    this.#retry = undefined
     this.#wanted = [...new Set(addresses)]
     for (const [address, l] of this.#listeners) {
       if (!this.#wanted.includes(address)) {
@@ -143,10 +155,22 @@ export class DnsServer {
       try {
         const l = await this.#listen(address)
         this.#listeners.set(address, l)
+        this.#warned.delete(address)
         this.#log.info({ address, port: l.port }, 'DNS listening')
       } catch (err) {
-        this.#log.warn({ address, port: this.#o.port, err: errorMessage(err) }, 'DNS cannot listen here yet')
+        const first = !this.#warned.has(address)
+        this.#warned.add(address)
+        const fields = { address, port: this.#o.port, err: errorMessage(err) }
+        if (first) this.#log.warn(fields, 'DNS cannot listen here yet; trying again')
+        else this.#log.debug(fields, 'DNS still cannot listen here')
       }
+    }
+    if (!this.#stopped && this.missing().length > 0 && this.#retry === undefined) {
+      this.#retry = setTimeout(() => {
+        this.#retry = undefined
+        void this.setAddresses(this.#wanted)
+      }, this.#o.retryMs ?? 2_000)
+      this.#retry.unref()
     }
   }
 
@@ -166,6 +190,7 @@ export class DnsServer {
 
   async stop(): Promise<void> {
     this.#stopped = true
+    clearTimeout(this.#retry)
     for (const s of this.#tcpSockets) s.destroy()
     await Promise.all([...this.#listeners.values()].map(closeListener))
     this.#listeners.clear()

@@ -177,6 +177,32 @@ describe('dns server', () => {
     }
   })
 
+  it('listens on an address it could not bind at start once it can, without another call', async () => {
+    const blocker = dgram.createSocket('udp4')
+    await new Promise<void>((r) => blocker.bind(0, '127.0.0.1', r))
+    const taken = blocker.address().port
+    const late = new DnsServer({
+      port: taken,
+      addresses: ['127.0.0.1'],
+      upstreams: [],
+      rateLimit: null,
+      logger: silent,
+      retryMs: 50,
+    })
+    late.setZone(buildZone(records))
+    await late.start()
+    try {
+      assert.deepEqual(late.missing(), ['127.0.0.1'])
+      await new Promise<void>((r) => blocker.close(() => r()))
+      for (let i = 0; i < 100 && late.missing().length > 0; i++) await new Promise((r) => setTimeout(r, 20))
+      assert.deepEqual(late.missing(), [])
+      const a = await udp(taken, 'web.km1s.internal')
+      assert.equal(a.answers[0]?.address, '10.43.0.10')
+    } finally {
+      await late.stop()
+    }
+  })
+
   it('limits each source to its rate', () => {
     let now = 0
     const limiter = new RateLimiter(10, 20, () => now)
