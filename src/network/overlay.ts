@@ -404,9 +404,18 @@ export class NodeNetwork {
       listenPort: this.#port,
       peers: this.#wantedPeers(),
     }
-    const args = planWgSet(await this.#dump(), want, this.#keyFile)
+    const have = await this.#dump()
+    const args = planWgSet(have, want, this.#keyFile)
     if (args.length > 0) {
       this.#log.debug({ ifname: this.#ifname, args }, 'configuring WireGuard')
+      const known = new Set(have.peers.map((p) => p.publicKey))
+      for (const p of want.peers) {
+        if (known.has(p.publicKey)) continue
+        this.#log.info(
+          { peerKey: p.publicKey, endpoint: p.endpoints[0] ?? null, allowedIps: p.allowedIps },
+          'adding a WireGuard peer',
+        )
+      }
       await runTool('wg', ['set', this.#ifname, ...args])
     }
   }

@@ -675,6 +675,7 @@ class LabImpl implements Lab {
       // whatever the started processes left running in the namespaces (their children), or a person's shell
       await terminate(processesInNetns(this.namespaces), 2000)
       await deleteNamespaces(this.namespaces)
+      keepLogs(this)
       fs.rmSync(this.dir, { recursive: true, force: true })
     } finally {
       liveLabs.delete(this)
@@ -691,6 +692,23 @@ class LabImpl implements Lab {
     deleteNamespacesSync(this.namespaces)
     fs.rmSync(this.dir, { recursive: true, force: true })
     liveLabs.delete(this)
+  }
+}
+
+/**
+ * KM1S_LAB_KEEP_LOGS=DIR: every agent's log is copied to DIR/<lab id>-<node>.log before the lab's directory
+ * goes, to read after a flaky run. Off by default: the lab leaves nothing behind.
+ */
+function keepLogs(lab: Lab): void {
+  const dir = process.env.KM1S_LAB_KEEP_LOGS
+  if (!dir) return
+  fs.mkdirSync(dir, { recursive: true })
+  for (const node of lab.nodes) {
+    try {
+      fs.copyFileSync(path.join(node.dataDir, 'agent.log'), path.join(dir, `${lab.id}-${node.name}.log`))
+    } catch {
+      // a node whose agent never started has no log
+    }
   }
 }
 
