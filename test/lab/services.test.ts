@@ -7,7 +7,7 @@ import assert from 'node:assert/strict'
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
-import type { ReplicaView, ServiceView } from '../../src/api/schemas.ts'
+import type { ReplicaView, ServiceView, StatusView } from '../../src/api/schemas.ts'
 import type { ContainerStatus } from '../../src/runtime/types.ts'
 import { type Cluster, km1s, km1sOk, startCluster, waitForAlive } from './cluster.ts'
 import { type LabNode, waitFor } from './lab.ts'
@@ -147,6 +147,23 @@ describe('services on 5 nodes', { skip: isRoot ? false : 'needs root' }, () => {
   })
 
   it('from a container on every node, web.km1s.internal:8080 reaches the replicas, and more than one answers', async () => {
+    // Right after start, the first packets from one node to another can go unanswered until WireGuard's
+    // handshake retry, 5 s after a first initiation that got no answer (seen in ~6 % of runs: the first
+    // request to one replica lost, the next connecting after 1.2–1.5 s; docs/network.md). This test is
+    // about the load balancer and names, not that window: it starts once every pair has shaken hands.
+    await Promise.all(
+      nodes.map((n) =>
+        waitFor(
+          `${n.name} to have a WireGuard handshake with every other node`,
+          async () => {
+            const peers =
+              (JSON.parse(await km1sOk(n, ['status', '--json'])) as StatusView).network?.peers ?? []
+            return peers.length === nodes.length - 1 && peers.every((p) => p.latestHandshake !== null)
+          },
+          { timeoutMs: 30_000, intervalMs: 200 },
+        ),
+      ),
+    )
     await Promise.all(
       nodes.map(async (n) => {
         const trace: string[] = []
