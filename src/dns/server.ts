@@ -144,6 +144,7 @@ export class DnsServer {
     clearTimeout(this.#retry)
     this.#retry = undefined
     this.#wanted = [...new Set(addresses)]
+    for (const address of this.#warned) if (!this.#wanted.includes(address)) this.#warned.delete(address)
     for (const [address, l] of this.#listeners) {
       if (!this.#wanted.includes(address)) {
         this.#listeners.delete(address)
