@@ -704,11 +704,8 @@ function keepLogs(lab: Lab): void {
   if (!dir) return
   fs.mkdirSync(dir, { recursive: true })
   for (const node of lab.nodes) {
-    try {
-      fs.copyFileSync(path.join(node.dataDir, 'agent.log'), path.join(dir, `${lab.id}-${node.name}.log`))
-    } catch {
-      // a node whose agent never started has no log
-    }
+    const text = node.log() // '' for a node whose agent never started
+    if (text !== '') fs.writeFileSync(path.join(dir, `${lab.id}-${node.name}.log`), text)
   }
 }
 
