@@ -31,10 +31,14 @@ import {
   SubnetClaimValue,
 } from './subnet.ts'
 import {
+  addAgainArgs,
   DEFAULT_WG_PORT,
   endpointsOf,
+  FIRST_CONTACT_MS,
+  type FirstContact,
   loadOrCreateWgKey,
   parseWgDump,
+  planFirstContact,
   planWgSet,
   runTool,
   WgKey,
@@ -143,6 +147,11 @@ export class NodeNetwork {
   #again = false
   /** Whether the next run is the whole apply, or only the table (service and status changes). */
   #full = true
+  /** Whether the next run also looks for stuck first handshakes (wireguard.ts `planFirstContact`). */
+  #handshakes = false
+  #handshakeTimer: NodeJS.Timeout | undefined
+  /** Per peer key on the interface: since when, and how often it was added again (first contact). */
+  readonly #contacts = new Map<string, FirstContact>()
   #unwatch: (() => void) | undefined
   #started = false
   #stopped = false
@@ -218,14 +227,16 @@ export class NodeNetwork {
     this.#stopped = true
     clearInterval(this.#timer)
     clearTimeout(this.#debounce)
+    clearTimeout(this.#handshakeTimer)
     this.#unwatch?.()
     await this.#running?.catch(() => {})
     await this.#device?.stop()
   }
 
-  #schedule(delay: number, full = true): void {
+  #schedule(delay: number, full = true, handshakes = false): void {
     if (this.#stopped || !this.#started) return
     if (full) this.#full = true
+    if (handshakes) this.#handshakes = true
     if (this.#running) {
       this.#again = true
       return
@@ -234,12 +245,15 @@ export class NodeNetwork {
     this.#debounce = setTimeout(() => {
       this.#debounce = undefined
       const full = this.#full
+      const handshakes = this.#handshakes
       this.#full = false
-      this.#running = (full ? this.#applyAll() : this.#applyTable()).finally(() => {
+      this.#handshakes = false
+      const run = full ? this.#applyAll() : this.#applyTable()
+      this.#running = (handshakes ? run.then(() => this.#firstContact()) : run).finally(() => {
         this.#running = undefined
         if (this.#again) {
           this.#again = false
-          this.#schedule(DEBOUNCE_MS, false) // #full says whether a whole apply is still owed
+          this.#schedule(DEBOUNCE_MS, false) // #full and #handshakes say what is still owed
         }
       })
     }, delay)
@@ -405,18 +419,78 @@ export class NodeNetwork {
       peers: this.#wantedPeers(),
     }
     const have = await this.#dump()
+    const present = new Set(have.peers.map((p) => p.publicKey))
     const args = planWgSet(have, want, this.#keyFile)
     if (args.length > 0) {
       this.#log.debug({ ifname: this.#ifname, args }, 'configuring WireGuard')
-      const known = new Set(have.peers.map((p) => p.publicKey))
       for (const p of want.peers) {
-        if (known.has(p.publicKey)) continue
+        if (present.has(p.publicKey)) continue
         this.#log.info(
           { peerKey: p.publicKey, endpoint: p.endpoints[0] ?? null, allowedIps: p.allowedIps },
           'adding a WireGuard peer',
         )
       }
       await runTool('wg', ['set', this.#ifname, ...args])
+    }
+    // A peer added now (or on an interface wireguard-go made again) has its first contact ahead of it.
+    const wanted = new Set(want.peers.map((p) => p.publicKey))
+    for (const key of this.#contacts.keys()) if (!wanted.has(key)) this.#contacts.delete(key)
+    let added = false
+    for (const p of want.peers) {
+      if (present.has(p.publicKey) && this.#contacts.has(p.publicKey)) continue
+      this.#contacts.set(p.publicKey, { addedAt: this.#now(), tries: 0 })
+      added = true
+    }
+    const { later } = planFirstContact({
+      peers: have.peers,
+      selfKey: want.publicKey,
+      alive: aliveKeys(want.peers),
+      contacts: this.#contacts,
+      now: this.#now(),
+    })
+    if (added || later) this.#lookAtFirstContact()
+  }
+
+  #lookAtFirstContact(): void {
+    if (this.#handshakeTimer !== undefined || this.#stopped) return
+    this.#handshakeTimer = setTimeout(() => {
+      this.#handshakeTimer = undefined
+      this.#schedule(0, false, true)
+    }, FIRST_CONTACT_MS)
+    this.#handshakeTimer.unref()
+  }
+
+  /**
+   * Adds again each peer whose first handshake is stuck (wireguard.ts `planFirstContact`: two initiations
+   * that crossed wait 5 s for WireGuard's retry), a second after an overlay apply added a peer or saw one
+   * without a handshake, and again a second later while one may still be stuck.
+   */
+  async #firstContact(): Promise<void> {
+    if (this.#publicKey === null || this.#device === undefined) return
+    try {
+      const state = await this.#dump()
+      const now = this.#now()
+      const plan = planFirstContact({
+        peers: state.peers,
+        selfKey: this.#publicKey,
+        alive: aliveKeys(this.#wantedPeers()),
+        contacts: this.#contacts,
+        now,
+      })
+      if (plan.again.length > 0) {
+        for (const p of plan.again) {
+          const c = this.#contacts.get(p.publicKey) as FirstContact
+          this.#contacts.set(p.publicKey, { addedAt: now, tries: c.tries + 1 })
+          this.#log.info(
+            { peerKey: p.publicKey, endpoint: p.endpoint, sinceMs: now - c.addedAt, tries: c.tries + 1 },
+            'no WireGuard handshake with a live peer yet: adding it again to start a new one at once',
+          )
+        }
+        await runTool('wg', ['set', this.#ifname, ...addAgainArgs(plan.again)])
+      }
+      if (plan.later) this.#lookAtFirstContact()
+    } catch (err) {
+      this.#log.debug({ err: errorMessage(err) }, 'looking at the first WireGuard handshakes failed')
     }
   }
 
@@ -489,6 +563,12 @@ export function claimRecordAction(
 }
 
 export type PeerWanted = WgPeerWanted & { id: string; state: string; subnet: string | null }
+
+/** Whether a key is of a peer whose node membership sees alive. */
+function aliveKeys(peers: readonly PeerWanted[]): (publicKey: string) => boolean {
+  const alive = new Set(peers.filter((p) => p.state === 'alive').map((p) => p.publicKey))
+  return (key) => alive.has(key)
+}
 
 /**
  * Each peer's wanted WireGuard config (pure): every other node with a valid key, its /24s of the cluster

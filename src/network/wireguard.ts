@@ -176,6 +176,65 @@ export function planWgSet(have: WgState, want: WgWanted, privateKeyFile: string)
   return args
 }
 
+// --- first contact -------------------------------------------------------------------------------------
+
+/** How long after adding a peer (or adding it again) a missing handshake counts as stuck. */
+export const FIRST_CONTACT_MS = 1_000
+/** Times a peer is added again before WireGuard's own retries (every 5 s) are left to it. */
+export const FIRST_CONTACT_TRIES = 4
+
+/** Since when this interface has had a peer, and how often it was added again for want of a handshake. */
+export interface FirstContact {
+  /** ms since the epoch */
+  addedAt: number
+  tries: number
+}
+
+/**
+ * Which peers to add again because their first handshake is stuck, and whether to look again later. Pure.
+ *
+ * Two nodes that add each other at the same moment both send a handshake initiation; when the two cross,
+ * each side answers the other's and drops the answer to its own (it is no longer waiting for one), so both
+ * hold a session only the other could confirm, and neither sends until WireGuard retries its initiation
+ * 5 s later (measured with two wireguard-go in namespaces configured at once: 2 of 12 took 5.2 s, the
+ * others under 0.1 s). The same 5 s follow an initiation lost because the other side did not know us yet
+ * and had no endpoint to answer with. WireGuard sends at most one initiation per 5 s, also when told to
+ * send a keepalive, so the only way to try at once is a fresh peer: `remove` and add it again.
+ *
+ * Only the node whose public key sorts first does it, so the two never start crossing again together; only
+ * for a peer whose node is alive (its underlay works), with an endpoint, and never handshaken with.
+ */
+export function planFirstContact(opts: {
+  peers: readonly WgPeerState[]
+  selfKey: string
+  alive: (publicKey: string) => boolean
+  contacts: ReadonlyMap<string, FirstContact>
+  now: number
+}): { again: WgPeerState[]; later: boolean } {
+  const again: WgPeerState[] = []
+  let later = false
+  for (const p of opts.peers) {
+    if (p.latestHandshake > 0 || p.endpoint === null || !(opts.selfKey < p.publicKey)) continue
+    const c = opts.contacts.get(p.publicKey)
+    if (c === undefined || c.tries >= FIRST_CONTACT_TRIES || !opts.alive(p.publicKey)) continue
+    later = true
+    if (opts.now - c.addedAt >= FIRST_CONTACT_MS) again.push(p)
+  }
+  return { again, later }
+}
+
+/** The `wg set` arguments that remove each peer and add it again as it is: endpoint, keepalive, IPs. */
+export function addAgainArgs(peers: readonly WgPeerState[]): string[] {
+  const args: string[] = []
+  for (const p of peers) {
+    args.push('peer', p.publicKey, 'remove', 'peer', p.publicKey)
+    if (p.endpoint !== null) args.push('endpoint', p.endpoint)
+    args.push('persistent-keepalive', String(p.keepalive > 0 ? p.keepalive : PERSISTENT_KEEPALIVE))
+    if (p.allowedIps.length > 0) args.push('allowed-ips', [...p.allowedIps].sort().join(','))
+  }
+  return args
+}
+
 // --- running -------------------------------------------------------------------------------------------
 
 /** Runs a host tool; rejects with its own first lines of stderr. */

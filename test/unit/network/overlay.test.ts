@@ -9,12 +9,18 @@ import { renderNftables } from '../../../src/network/nftables.ts'
 import { planOverlayLink, wantedPeers } from '../../../src/network/overlay.ts'
 import { parseClusterCidr } from '../../../src/network/subnet.ts'
 import {
+  addAgainArgs,
   endpointsOf,
+  FIRST_CONTACT_MS,
+  FIRST_CONTACT_TRIES,
+  type FirstContact,
   generateWgPrivateKey,
   loadOrCreateWgKey,
   PERSISTENT_KEEPALIVE,
   parseWgDump,
+  planFirstContact,
   planWgSet,
+  type WgPeerState,
   type WgState,
   wgInterfaceName,
   wgPublicKey,
@@ -384,6 +390,78 @@ describe('wantedPeers', () => {
         subnet: '10.42.3.0/24',
         endpoints: ['198.18.0.13:51820'],
       },
+    ])
+  })
+})
+
+describe('planFirstContact (a stuck first handshake: the peer is added again)', () => {
+  const LOW = 'ABtS1Lq0fM8PdVh0cY1s5kQy0tq1V3d2VkUq1V3d2VE='
+  const peer: WgPeerState = {
+    publicKey: K1,
+    endpoint: '198.18.0.12:51820',
+    allowedIps: ['10.42.3.0/24'],
+    latestHandshake: 0,
+    rxBytes: 0,
+    txBytes: 148,
+    keepalive: PERSISTENT_KEEPALIVE,
+  }
+  const plan = (
+    over: Partial<WgPeerState> = {},
+    opts: { self?: string; alive?: boolean; contact?: FirstContact | null; now?: number } = {},
+  ) =>
+    planFirstContact({
+      peers: [{ ...peer, ...over }],
+      selfKey: opts.self ?? LOW,
+      alive: () => opts.alive ?? true,
+      contacts: new Map(opts.contact === null ? [] : [[K1, opts.contact ?? { addedAt: 10_000, tries: 0 }]]),
+      now: opts.now ?? 10_000 + FIRST_CONTACT_MS,
+    })
+
+  it('adds again a live peer without a handshake a second after it was added, and looks again later', () => {
+    assert.deepEqual(plan(), { again: [peer], later: true })
+  })
+
+  it('waits until the second is over, still looking again later', () => {
+    assert.deepEqual(plan({}, { now: 10_000 + FIRST_CONTACT_MS - 1 }), { again: [], later: true })
+  })
+
+  it('only on the node whose key sorts first, so that the two never start again together', () => {
+    assert.ok(SELF > K1)
+    assert.deepEqual(plan({}, { self: SELF }), { again: [], later: false })
+  })
+
+  it('never once a handshake happened, without an endpoint, for a dead node, or after its tries', () => {
+    const none = { again: [], later: false }
+    assert.deepEqual(plan({ latestHandshake: 1_700_000_000 }), none)
+    assert.deepEqual(plan({ endpoint: null }), none)
+    assert.deepEqual(plan({}, { alive: false }), none)
+    assert.deepEqual(plan({}, { contact: null }), none, 'a peer it did not add is not its to add again')
+    assert.deepEqual(plan({}, { contact: { addedAt: 0, tries: FIRST_CONTACT_TRIES } }), none)
+    assert.deepEqual(plan({}, { contact: { addedAt: 0, tries: FIRST_CONTACT_TRIES - 1 } }).again, [peer])
+  })
+
+  it('adds a peer again as it is, in one wg set: remove, then endpoint, keepalive and allowed IPs', () => {
+    assert.deepEqual(addAgainArgs([peer, { ...peer, publicKey: K2, allowedIps: [], keepalive: 0 }]), [
+      'peer',
+      K1,
+      'remove',
+      'peer',
+      K1,
+      'endpoint',
+      '198.18.0.12:51820',
+      'persistent-keepalive',
+      String(PERSISTENT_KEEPALIVE),
+      'allowed-ips',
+      '10.42.3.0/24',
+      'peer',
+      K2,
+      'remove',
+      'peer',
+      K2,
+      'endpoint',
+      '198.18.0.12:51820',
+      'persistent-keepalive',
+      String(PERSISTENT_KEEPALIVE),
     ])
   })
 })
