@@ -229,6 +229,64 @@ describe('overlay network', { skip: isRoot ? false : 'needs root' }, () => {
     assert.match(overlay.detail, /handshake .* ago/)
   })
 
+  it('a peer whose first handshake does not come is added again by one side, at most 4 times', async () => {
+    // Of n2 and n3, only the node whose WireGuard key sorts first adds a stuck peer again (docs/network.md
+    // "First contact"). Its WireGuard packets to the other are dropped (the mesh goes on, so the other stays
+    // alive), and the other's peer is removed on it: its next apply adds the peer back, whose handshake
+    // cannot come.
+    const [s2, s3] = [(await status(n(2))).network, (await status(n(3))).network]
+    assert.ok(s2 && s3)
+    const [low, high, lowNet, highNet] =
+      s2.publicKey < s3.publicKey ? [n(2), n(3), s2, s3] : [n(3), n(2), s3, s2]
+    const endpoint = lowNet.peers.find((p) => p.publicKey === highNet.publicKey)?.endpoint ?? ''
+    const [host, port] = [
+      endpoint.slice(0, endpoint.lastIndexOf(':')),
+      endpoint.slice(endpoint.lastIndexOf(':') + 1),
+    ]
+    assert.match(host, /^198\.1[89]\./, `the endpoint of ${high.name} on ${low.name}: ${endpoint}`)
+    const again = (node: LabNode, key: string, from: number) =>
+      node
+        .log()
+        .slice(from)
+        .split('\n')
+        .filter((l) => l.includes('adding it again') && l.includes(key)).length
+    const [lowFrom, highFrom] = [low.log().length, high.log().length]
+    const nft = (args: string) => low.exec(['sh', '-c', `nft ${args}`])
+    try {
+      const drop = await nft(
+        `'add table inet km1stest; add chain inet km1stest out { type filter hook output priority 0; }; add rule inet km1stest out ip daddr ${host} udp dport ${port} drop'`,
+      )
+      assert.equal(drop.code, 0, drop.stderr)
+      const rm = await low.exec(['wg', 'set', lowNet.interface, 'peer', highNet.publicKey, 'remove'])
+      assert.equal(rm.code, 0, rm.stderr)
+      await waitFor(
+        `${low.name} to add ${high.name} again 4 times`,
+        async () => again(low, highNet.publicKey, lowFrom) >= 4,
+        {
+          timeoutMs: 30_000,
+          intervalMs: 200,
+        },
+      )
+      await new Promise((r) => setTimeout(r, 2_500))
+      assert.equal(
+        again(low, highNet.publicKey, lowFrom),
+        4,
+        "then it leaves the peer to WireGuard's own retries",
+      )
+      assert.equal(again(high, lowNet.publicKey, highFrom), 0, `${high.name} never adds ${low.name} again`)
+    } finally {
+      await nft("'delete table inet km1stest'")
+    }
+    await waitFor(
+      `${low.name} to shake hands with ${high.name} again`,
+      async () =>
+        (await status(low)).network?.peers.find((p) => p.publicKey === highNet.publicKey)?.latestHandshake !=
+        null,
+      { timeoutMs: 30_000, intervalMs: 200 },
+    )
+    await reach(low, `web${low.index}`, await ipOf(high, `web${high.index}`), `web${high.index}`)
+  })
+
   it('kill wireguard-go on a node: traffic flows again within seconds', async () => {
     const before = (await status(n(4))).network
     const pid = before?.pid as number

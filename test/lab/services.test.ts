@@ -147,10 +147,10 @@ describe('services on 5 nodes', { skip: isRoot ? false : 'needs root' }, () => {
   })
 
   it('from a container on every node, web.km1s.internal:8080 reaches the replicas, and more than one answers', async () => {
-    // Right after start, the first packets from one node to another can go unanswered until WireGuard's
-    // handshake retry, 5 s after a first initiation that got no answer (seen in ~6 % of runs: the first
-    // request to one replica lost, the next connecting after 1.2–1.5 s; docs/network.md). This test is
-    // about the load balancer and names, not that window: it starts once every pair has shaken hands.
+    // Right after start, two nodes' first WireGuard handshake can be a second or two late (crossed
+    // initiations, added again after a second: docs/network.md "First contact"; before that they waited
+    // 5 s, and ~6 % of runs lost a request here). This test is about the load balancer and names, not that
+    // window: it starts once every pair has shaken hands.
     await Promise.all(
       nodes.map((n) =>
         waitFor(
