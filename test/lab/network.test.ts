@@ -251,10 +251,10 @@ describe('overlay network', { skip: isRoot ? false : 'needs root' }, () => {
         .split('\n')
         .filter((l) => l.includes('adding it again') && l.includes(key)).length
     const [lowFrom, highFrom] = [low.log().length, high.log().length]
-    const nft = (args: string) => low.exec(['sh', '-c', `nft ${args}`])
+    const nft = (commands: string) => low.exec(['nft', commands])
     try {
       const drop = await nft(
-        `'add table inet km1stest; add chain inet km1stest out { type filter hook output priority 0; }; add rule inet km1stest out ip daddr ${host} udp dport ${port} drop'`,
+        `add table inet km1stest; add chain inet km1stest out { type filter hook output priority 0; }; add rule inet km1stest out ip daddr ${host} udp dport ${port} drop`,
       )
       assert.equal(drop.code, 0, drop.stderr)
       const rm = await low.exec(['wg', 'set', lowNet.interface, 'peer', highNet.publicKey, 'remove'])
@@ -275,7 +275,7 @@ describe('overlay network', { skip: isRoot ? false : 'needs root' }, () => {
       )
       assert.equal(again(high, lowNet.publicKey, highFrom), 0, `${high.name} never adds ${low.name} again`)
     } finally {
-      await nft("'delete table inet km1stest'")
+      await nft('delete table inet km1stest')
     }
     await waitFor(
       `${low.name} to shake hands with ${high.name} again`,
