@@ -100,7 +100,7 @@ async function main(): Promise<void> {
   // A bare node process with the agent's V8 flags, started now so both settle for the same time.
   const bare = spawn(
     process.execPath,
-    ['--max-semi-space-size=1', '--v8-pool-size=1', '-e', 'setInterval(() => {}, 1000)'],
+    ['--max-semi-space-size=1', '--v8-pool-size=1', '--no-sparkplug', '-e', 'setInterval(() => {}, 1000)'],
     {
       stdio: 'ignore',
     },

@@ -51,6 +51,7 @@ describe('holdHeapRoom', () => {
         '--max-old-space-size=64',
         '--max-semi-space-size=1',
         '--v8-pool-size=1',
+        '--no-sparkplug',
         '--input-type=module',
         '-e',
         CHILD,
