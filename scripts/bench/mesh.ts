@@ -1,9 +1,9 @@
 // Mesh benchmark: how fast N agents find each other, how fast one answers its API, and what an idle agent
 // costs, beside a bare `node` process measured in the same run. Usage: scripts/bench/mesh [--quick]
 import { spawn } from 'node:child_process'
-import { readFileSync } from 'node:fs'
 import { agentArgs, type Cluster, client, setupCluster, startAgent } from '../../test/lab/cluster.ts'
 import { createLab, type LabNode, waitFor } from '../../test/lab/lab.ts'
+import { agentNodeFlags, idleCost } from './proc.ts'
 import { percentile, printRows, type Row, writeJson } from './report.ts'
 
 const quick = process.argv.includes('--quick')
@@ -11,7 +11,6 @@ const SIZES = quick ? [3, 10] : [3, 10, 20]
 const RUNS: Record<number, number> = quick ? { 3: 1, 10: 1 } : { 3: 3, 10: 3, 20: 1 }
 const IDLE_SETTLE_S = quick ? 10 : 60
 const CPU_WINDOW_S = quick ? 5 : 30
-const CLK_TCK = 100
 
 interface MeshRun {
   nodes: number
@@ -54,35 +53,6 @@ async function waitFullView(node: LabNode, n: number, t0: number): Promise<numbe
   )
 }
 
-interface ProcSample {
-  rssKiB: number
-  anonKiB: number
-  cpuTicks: number
-}
-
-function sample(pid: number): ProcSample {
-  const status = readFileSync(`/proc/${pid}/status`, 'utf8')
-  const kib = (key: string) => Number(new RegExp(`^${key}:\\s+(\\d+)`, 'm').exec(status)?.[1] ?? Number.NaN)
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-  return { rssKiB: kib('VmRSS'), anonKiB: kib('RssAnon'), cpuTicks: Number(fields[11]) + Number(fields[12]) }
-}
-
-async function idleCost(
-  pids: number[],
-): Promise<{ rssMiB: number[]; anonMiB: number[]; cpuPercent: number[] }> {
-  const before = pids.map(sample)
-  await new Promise((r) => setTimeout(r, CPU_WINDOW_S * 1000))
-  const after = pids.map(sample)
-  return {
-    rssMiB: after.map((s) => s.rssKiB / 1024),
-    anonMiB: after.map((s) => s.anonKiB / 1024),
-    cpuPercent: after.map(
-      (s, i) => ((s.cpuTicks - (before[i]?.cpuTicks ?? 0)) / CLK_TCK / CPU_WINDOW_S) * 100,
-    ),
-  }
-}
-
 async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('the mesh benchmark needs root (network namespaces)')
   const runs: MeshRun[] = []
@@ -98,17 +68,16 @@ async function main(): Promise<void> {
   }
   if (!idle) throw new Error('no 10-node lab kept for the idle measurement')
   // A bare node process with the agent's V8 flags, started now so both settle for the same time.
-  const bare = spawn(
-    process.execPath,
-    ['--max-semi-space-size=1', '--v8-pool-size=1', '--no-sparkplug', '-e', 'setInterval(() => {}, 1000)'],
-    {
-      stdio: 'ignore',
-    },
-  )
+  const bare = spawn(process.execPath, [...agentNodeFlags(), '-e', 'setInterval(() => {}, 1000)'], {
+    stdio: 'ignore',
+  })
   try {
     await new Promise((r) => setTimeout(r, IDLE_SETTLE_S * 1000))
     const agentPids = idle.nodes.map((n) => n.pid()).filter((p): p is number => p !== undefined)
-    const [agents, baseline] = await Promise.all([idleCost(agentPids), idleCost([bare.pid ?? 0])])
+    const [agents, baseline] = await Promise.all([
+      idleCost(agentPids, CPU_WINDOW_S),
+      idleCost([bare.pid ?? 0], CPU_WINDOW_S),
+    ])
     const rows: Row[] = []
     for (const n of SIZES) {
       const times = runs.filter((r) => r.nodes === n).map((r) => r.fullMeshMs)

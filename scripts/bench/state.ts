@@ -13,6 +13,7 @@ import { createLogger } from '../../src/common/logger.ts'
 import { Store, type WireRecord } from '../../src/state/index.ts'
 import { agentArgs, client, setupCluster, startAgent, waitForAlive } from '../../test/lab/cluster.ts'
 import { createLab, type Lab, type LabNode, waitFor } from '../../test/lab/lab.ts'
+import { agentNodeFlags } from './proc.ts'
 import { percentile, printRows, type Row, writeJson } from './report.ts'
 
 const quick = process.argv.includes('--quick')
@@ -30,7 +31,7 @@ const IDLE_WINDOW_S = quick ? 30 : 300
 const LOAD_RECORDS = 10_000
 const LOAD_RUNS = 3
 // The agent's V8 flags (bin/km1s), so the in-process load runs under the same heap limits.
-const AGENT_NODE_FLAGS = ['--max-old-space-size=64', '--max-semi-space-size=1', '--v8-pool-size=1', '--no-sparkplug']
+const AGENT_NODE_FLAGS = agentNodeFlags()
 const MB = 1e6
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, Math.max(0, ms)))
