@@ -47,7 +47,13 @@ interface RoundFigure {
   cpuPercent: number
 }
 
-async function measure(v: Variant, nodes: number, settleS: number, windowS: number): Promise<RoundFigure> {
+async function measure(
+  v: Variant,
+  round: number,
+  nodes: number,
+  settleS: number,
+  windowS: number,
+): Promise<RoundFigure> {
   const env = { ...v.env, KM1S_NODE_FLAGS: v.flags.join(' ') }
   let c: Cluster | undefined
   try {
@@ -58,7 +64,7 @@ async function measure(v: Variant, nodes: number, settleS: number, windowS: numb
     const cost = await idleCost(pids, windowS)
     return {
       variant: v.name,
-      round: 0,
+      round,
       rssMiB: percentile(cost.rssMiB, 50),
       anonMiB: percentile(cost.anonMiB, 50),
       cpuPercent: percentile(cost.cpuPercent, 50),
@@ -99,7 +105,7 @@ async function main(): Promise<void> {
   const figures: RoundFigure[] = []
   for (let round = 1; round <= rounds; round++) {
     for (const v of variants) {
-      const f = { ...(await measure(v, nodes, settleS, windowS)), round }
+      const f = await measure(v, round, nodes, settleS, windowS)
       figures.push(f)
       process.stdout.write(
         `round ${round} ${v.name}: RSS ${f.rssMiB.toFixed(1)} MiB (anon ${f.anonMiB.toFixed(1)}), CPU ${f.cpuPercent.toFixed(2)} %\n`,
