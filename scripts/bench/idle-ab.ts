@@ -102,6 +102,8 @@ async function main(): Promise<void> {
     { name: 'default', flags: defaults, env: {} },
     ...positionals.map((a) => parseVariant(a, defaults)),
   ]
+  const twice = variants.find((v, i) => variants.findIndex((w) => w.name === v.name) !== i)
+  if (twice) throw new Error(`the variant name ${twice.name} is given twice`)
   const figures: RoundFigure[] = []
   for (let round = 1; round <= rounds; round++) {
     for (const v of variants) {
