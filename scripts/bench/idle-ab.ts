@@ -119,30 +119,19 @@ async function main(): Promise<void> {
       figures.filter((f) => f.variant === name).map((f) => f[key]),
       50,
     )
-  const rows: Row[] = []
-  for (const v of variants) {
-    const base = v.name === 'default' ? undefined : 'default'
-    rows.push(
-      {
-        metric: `${v.name}: idle RSS, median agent`,
-        value: median(v.name, 'rssMiB'),
-        unit: 'MiB',
-        baseline: base && median(base, 'rssMiB'),
-      },
-      {
-        metric: `${v.name}: anonymous RSS`,
-        value: median(v.name, 'anonMiB'),
-        unit: 'MiB',
-        baseline: base && median(base, 'anonMiB'),
-      },
-      {
-        metric: `${v.name}: idle CPU`,
-        value: median(v.name, 'cpuPercent'),
-        unit: '% core',
-        baseline: base && median(base, 'cpuPercent'),
-      },
-    )
-  }
+  const measures = [
+    { key: 'rssMiB', label: 'idle RSS, median agent', unit: 'MiB' },
+    { key: 'anonMiB', label: 'anonymous RSS', unit: 'MiB' },
+    { key: 'cpuPercent', label: 'idle CPU', unit: '% core' },
+  ] as const
+  const rows: Row[] = variants.flatMap((v) =>
+    measures.map(({ key, label, unit }) => ({
+      metric: `${v.name}: ${label}`,
+      value: median(v.name, key),
+      unit,
+      baseline: v.name === 'default' ? undefined : median('default', key),
+    })),
+  )
   printRows(`idle A/B, ${nodes} nodes, ${rounds} rounds (baseline: bin/km1s's defaults, same rounds)`, rows)
   const file = writeJson('idle-ab', {
     date: new Date().toISOString(),
