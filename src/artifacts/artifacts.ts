@@ -156,11 +156,8 @@ export class Artifacts {
     await mkdir(this.#dir, { recursive: true, mode: 0o755 })
     const quota = await resolveQuota(this.#init.quota, this.#dir)
     await this.#blocks.open(quota)
-    if (this.#init.fastLane !== false) {
-      const bulk = new BulkServer({ logger: this.#log })
-      if (await bulk.start()) this.#bulk = bulk
-      else this.#log.warn('cannot listen for fast lanes; blocks go over libp2p streams only')
-    }
+    // Its listener starts at the first BULK request (bulk.ts says why).
+    if (this.#init.fastLane !== false) this.#bulk = new BulkServer({ logger: this.#log })
     await this.#init.libp2p.handle(BLOCKS_PROTOCOL, (stream, conn) => this.#serve(stream, conn), {
       maxInboundStreams: 16,
     })
@@ -716,7 +713,7 @@ export class Artifacts {
         if (req.op === OP_BULK) {
           const offer =
             ch.kind === 'libp2p'
-              ? this.#bulk?.offer(MAX_REQUEST_BYTES, (lane) => void this.#serveFrames(lane, peer))
+              ? await this.#bulk?.offer(MAX_REQUEST_BYTES, (lane) => void this.#serveFrames(lane, peer))
               : undefined
           await ch.write(
             offer ? Buffer.concat([Uint8Array.of(ANS_BULK), offer]) : Uint8Array.of(ANS_NONE),

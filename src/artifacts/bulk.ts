@@ -32,8 +32,9 @@ import type { Logger } from '../common/logger.ts'
 
 // node:tls through require, not `import`: an ESM import of a builtin reads every export for its facade, and
 // node:tls's `rootCertificates` getter then parses Node's bundled CA certificates (1.5 MiB of heap in every
-// agent; a PSK lane needs none). See common/http.ts. And only when a lane opens: an idle agent never needs
-// node:tls and the modules it loads (~1 MiB of RSS).
+// agent; a PSK lane needs none). See common/http.ts. And only when a lane is offered or opened: loading
+// node:tls and making the provider's listener cost ~3 MiB of RSS and ~10 ms of CPU, which an agent that never
+// serves or pulls a block (most of them, most of the time) would pay at every start (docs/benchmarks.md).
 let tlsModule: typeof TLS | undefined
 const tls = (): typeof TLS => {
   tlsModule ??= createRequire(import.meta.url)('node:tls') as typeof TLS
@@ -126,7 +127,15 @@ function localCiphers(): string {
   return ciphers
 }
 
-const TLS_BASE = { minVersion: 'TLSv1.2', maxVersion: 'TLSv1.2' } as const
+/**
+ * Both ends. `ca: []`: no certificate is ever sent or checked in a PSK handshake, and without it Node loads its
+ * ~140 bundled root certificates into the context (~8 ms of the first lane's CPU here).
+ */
+const TLS_BASE: Pick<TLS.TlsOptions, 'minVersion' | 'maxVersion' | 'ca'> = {
+  minVersion: 'TLSv1.2',
+  maxVersion: 'TLSv1.2',
+  ca: [],
+}
 
 /** Frames up to this size are read into a buffer of their own; larger ones (blocks) into a lane's pool. */
 const POOLED_FROM = 64 << 10
@@ -341,7 +350,13 @@ interface Ticket {
   timer: NodeJS.Timeout
 }
 
-/** The provider's side: one TLS listener, lanes handed out by ticket (the PSK identity). */
+/** After a listener could not start, offers are refused this long before it is tried again. */
+const LISTEN_RETRY_MS = 60_000
+
+/**
+ * The provider's side: one TLS listener, lanes handed out by ticket (the PSK identity). The listener starts at
+ * the first offer (`start`), not with the agent.
+ */
 export class BulkServer {
   readonly #log: Logger
   readonly #tickets = new Map<string, Ticket>()
@@ -351,6 +366,9 @@ export class BulkServer {
   readonly #maxConnections: number
   readonly #handshakeMs: number
   #server: TLS.Server | undefined
+  #starting: Promise<boolean> | undefined
+  #retryAt = 0
+  #stopped = false
   #port = 0
   #stats: BulkServerStats = { lanes: 0, refused: 0 }
 
@@ -379,8 +397,20 @@ export class BulkServer {
     return { ...this.#stats }
   }
 
-  /** Listens on an ephemeral port on every address; resolves false if it cannot (no fast lane then). */
+  /**
+   * Listens on an ephemeral port on every address, once; resolves false if it cannot (no fast lane then, and no
+   * new try for LISTEN_RETRY_MS) or after stop(). Concurrent calls share one attempt.
+   */
   async start(): Promise<boolean> {
+    if (this.#server) return true
+    if (this.#stopped || Date.now() < this.#retryAt) return false
+    this.#starting ??= this.#listen().finally(() => {
+      this.#starting = undefined
+    })
+    return this.#starting
+  }
+
+  async #listen(): Promise<boolean> {
     const server = tls().createServer(
       {
         ...TLS_BASE,
@@ -412,13 +442,23 @@ export class BulkServer {
       server.once('error', () => resolve(false))
       server.listen({ port: 0 }, () => resolve(true))
     })
-    if (!ok) return false
+    if (!ok) {
+      this.#retryAt = Date.now() + LISTEN_RETRY_MS
+      this.#log.warn('cannot listen for fast lanes; blocks go over libp2p streams only for now')
+      return false
+    }
+    if (this.#stopped) {
+      server.close()
+      return false
+    }
     this.#server = server
     this.#port = (server.address() as net.AddressInfo).port
     return true
   }
 
   async stop(): Promise<void> {
+    this.#stopped = true
+    await this.#starting
     for (const t of this.#tickets.values()) clearTimeout(t.timer)
     this.#tickets.clear()
     for (const s of this.#sockets) s.destroy()
@@ -427,9 +467,12 @@ export class BulkServer {
     if (server) await new Promise<void>((resolve) => server.close(() => resolve()))
   }
 
-  /** A one-time offer for the peer at the other end of an authenticated stream; undefined when not listening. */
-  offer(maxRead: number, onLane: (ch: FrameChannel) => void): Uint8Array | undefined {
-    if (!this.#server || this.#tickets.size >= 1_000) return undefined
+  /**
+   * A one-time offer for the peer at the other end of an authenticated stream; undefined when this node cannot
+   * listen (or has stopped) or holds too many unclaimed tickets. The first offer starts the listener.
+   */
+  async offer(maxRead: number, onLane: (ch: FrameChannel) => void): Promise<Uint8Array | undefined> {
+    if (this.#tickets.size >= 1_000 || !(await this.start())) return undefined
     const offer: Offer = {
       port: this.#port,
       ticket: randomBytes(TICKET_BYTES),

@@ -110,7 +110,7 @@ describe('artifacts/bulk: a lane on loopback', () => {
 
   async function lane(port?: number): Promise<{ puller: FrameChannel; provider: () => FrameChannel }> {
     let provider: FrameChannel | undefined
-    const offer = server.offer(100, (ch) => {
+    const offer = await server.offer(100, (ch) => {
       provider = ch
     })
     assert.ok(offer)
@@ -144,7 +144,7 @@ describe('artifacts/bulk: a lane on loopback', () => {
 
   it('refuses a wrong ticket, a spent one, an expired one and a connection that says nothing', async () => {
     const before = server.stats().refused
-    const offer = server.offer(100, () => {})
+    const offer = await server.offer(100, () => {})
     assert.ok(offer)
     const wrong = Buffer.from(offer)
     wrong[2] = (wrong[2] ?? 0) ^ 0xff
@@ -159,7 +159,7 @@ describe('artifacts/bulk: a lane on loopback', () => {
     assert.equal(server.stats().lanes, lanes + 1, 'the right ticket still works after a wrong one')
     await assert.rejects(connectLane('127.0.0.1', offer, 100, signal()), 'a ticket works once')
     ok.abort(new Error('done'))
-    const late = server.offer(100, () => {})
+    const late = await server.offer(100, () => {})
     assert.ok(late)
     await new Promise((r) => setTimeout(r, 1_100)) // the ticket lives 1 s here
     await assert.rejects(connectLane('127.0.0.1', late, 100, signal()))
@@ -206,7 +206,7 @@ describe('artifacts/bulk: a lane on loopback', () => {
       const s = new BulkServer({ logger: silent, ciphers: provider })
       try {
         assert.equal(await s.start(), true)
-        const offer = s.offer(100, () => {})
+        const offer = await s.offer(100, () => {})
         assert.ok(offer)
         const lane = await connectLane('127.0.0.1', offer, 100, signal(), 1_000, puller)
         assert.equal(lane.cipher, want)
@@ -217,8 +217,21 @@ describe('artifacts/bulk: a lane on loopback', () => {
     }
   })
 
+  it('listens only from the first offer on, and offers nothing once stopped', async () => {
+    const s = new BulkServer({ logger: silent })
+    assert.equal(s.port, 0, 'no listener before an offer')
+    const [a, b] = await Promise.all([s.offer(100, () => {}), s.offer(100, () => {})])
+    assert.ok(a && b)
+    assert.ok(s.port > 0)
+    assert.equal(decodeOffer(a)?.port, s.port)
+    assert.equal(decodeOffer(b)?.port, s.port, 'offers made together share one listener')
+    await s.stop()
+    assert.equal(await s.offer(100, () => {}), undefined)
+    assert.equal(await s.start(), false)
+  })
+
   it('a lane that cannot be reached fails fast', async () => {
-    const offer = server.offer(100, () => {})
+    const offer = await server.offer(100, () => {})
     assert.ok(offer)
     const bad = Buffer.from(offer)
     bad.writeUInt16BE(1, 0) // nothing listens on port 1
