@@ -3,7 +3,6 @@ import { gossipsub } from '@libp2p/gossipsub'
 import { identify } from '@libp2p/identify'
 import type { Connection, Libp2p, PeerId, PrivateKey } from '@libp2p/interface'
 import { kadDHT, removePublicAddressesMapper } from '@libp2p/kad-dht'
-import { mdns } from '@libp2p/mdns'
 import { noise } from '@libp2p/noise'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { ping } from '@libp2p/ping'
@@ -24,6 +23,7 @@ import {
 } from './dial-policy.ts'
 import { clusterId } from './identity.ts'
 import { libp2pLogger } from './libp2p-logger.ts'
+import { unconnectedMdns } from './mdns-unconnected.ts'
 import { PeerBook, type PeerBookStore } from './peer-book.ts'
 import { clusterProtector } from './pnet.ts'
 
@@ -81,7 +81,8 @@ function createLibp2pNode(init: MeshInit) {
       init.mdns === false
         ? []
         : [
-            mdns({
+            // Answers about peers this node is connected to stop there (mdns-unconnected.ts says why).
+            unconnectedMdns({
               // The tag is derived from the secret: nodes of other clusters on the same LAN do not even try.
               serviceTag: `_km1s-${cluster}._udp.local`,
               // A newcomer's own query at start is answered at once, and every node hears the multicast
