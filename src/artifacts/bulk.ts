@@ -33,8 +33,9 @@ import type { Logger } from '../common/logger.ts'
 // node:tls through require, not `import`: an ESM import of a builtin reads every export for its facade, and
 // node:tls's `rootCertificates` getter then parses Node's bundled CA certificates (1.5 MiB of heap in every
 // agent; a PSK lane needs none). See common/http.ts. And only when a lane is offered or opened: loading
-// node:tls and making the provider's listener cost ~3 MiB of RSS and ~10 ms of CPU, which an agent that never
-// serves or pulls a block (most of them, most of the time) would pay at every start (docs/benchmarks.md).
+// node:tls and making the provider's listener cost ~3.5 MiB of RSS and ~10 ms of CPU, which an agent that
+// never serves or pulls a block (most of them, most of the time) would pay at every start
+// (docs/benchmarks.md).
 let tlsModule: typeof TLS | undefined
 const tls = (): typeof TLS => {
   tlsModule ??= createRequire(import.meta.url)('node:tls') as typeof TLS
@@ -128,8 +129,8 @@ function localCiphers(): string {
 }
 
 /**
- * Both ends. `ca: []`: no certificate is ever sent or checked in a PSK handshake, and without it Node loads its
- * ~140 bundled root certificates into the context (~8 ms of the first lane's CPU here).
+ * Both ends. `ca: []`: no certificate is ever sent or checked in a PSK handshake, and without it Node loads
+ * its ~140 bundled root certificates into the context (~8 ms of the first lane's CPU here).
  */
 const TLS_BASE: Pick<TLS.TlsOptions, 'minVersion' | 'maxVersion' | 'ca'> = {
   minVersion: 'TLSv1.2',
@@ -354,8 +355,8 @@ interface Ticket {
 const LISTEN_RETRY_MS = 60_000
 
 /**
- * The provider's side: one TLS listener, lanes handed out by ticket (the PSK identity). The listener starts at
- * the first offer (`start`), not with the agent.
+ * The provider's side: one TLS listener, lanes handed out by ticket (the PSK identity). The listener starts
+ * at the first offer (`start`), not with the agent.
  */
 export class BulkServer {
   readonly #log: Logger
@@ -398,8 +399,8 @@ export class BulkServer {
   }
 
   /**
-   * Listens on an ephemeral port on every address, once; resolves false if it cannot (no fast lane then, and no
-   * new try for LISTEN_RETRY_MS) or after stop(). Concurrent calls share one attempt.
+   * Listens on an ephemeral port on every address, once; resolves false if it cannot (no fast lane then, and
+   * no new try for LISTEN_RETRY_MS) or after stop(). Concurrent calls share one attempt.
    */
   async start(): Promise<boolean> {
     if (this.#server) return true
@@ -458,7 +459,7 @@ export class BulkServer {
 
   async stop(): Promise<void> {
     this.#stopped = true
-    await this.#starting
+    await this.#starting?.catch(() => {})
     for (const t of this.#tickets.values()) clearTimeout(t.timer)
     this.#tickets.clear()
     for (const s of this.#sockets) s.destroy()
@@ -468,8 +469,8 @@ export class BulkServer {
   }
 
   /**
-   * A one-time offer for the peer at the other end of an authenticated stream; undefined when this node cannot
-   * listen (or has stopped) or holds too many unclaimed tickets. The first offer starts the listener.
+   * A one-time offer for the peer at the other end of an authenticated stream; undefined when this node
+   * cannot listen (or has stopped) or holds too many unclaimed tickets. The first offer starts the listener.
    */
   async offer(maxRead: number, onLane: (ch: FrameChannel) => void): Promise<Uint8Array | undefined> {
     if (this.#tickets.size >= 1_000 || !(await this.start())) return undefined

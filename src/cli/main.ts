@@ -85,8 +85,8 @@ if (major < 22) {
   )
   process.exit(1)
 }
-// Node 24 cuts small Buffers (allocUnsafe, from) out of 64 KiB slabs, where Node 20 used 8 KiB: one long-lived
-// small buffer (a peer's address, a DHT distance, a digest) keeps its whole slab alive, ten slabs in an idle
-// agent of a 10-node cluster (a heap snapshot). 8 KiB slabs, as before.
+// Node 24 cuts small Buffers (allocUnsafe, from) out of 64 KiB slabs, where Node 20 used 8 KiB: one
+// long-lived small buffer (a peer's address, a DHT distance, a digest) keeps its whole slab alive, ten slabs
+// in an idle agent of a 10-node cluster (a heap snapshot). 8 KiB slabs, as before.
 Buffer.poolSize = 8 * 1024
 await main(process.argv)

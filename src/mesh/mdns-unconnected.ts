@@ -22,7 +22,10 @@ export type UnconnectedMdnsComponents = MulticastDNSComponents & {
   connectionManager: { getConnections(peer: PeerId): unknown[] }
 }
 
-class UnconnectedMdns extends TypedEventEmitter<PeerDiscoveryEvents> implements PeerDiscovery, Startable {
+class UnconnectedDiscovery
+  extends TypedEventEmitter<PeerDiscoveryEvents>
+  implements PeerDiscovery, Startable
+{
   readonly [peerDiscoverySymbol] = this
   readonly [Symbol.toStringTag] = 'km1s-mdns'
   readonly [serviceCapabilities] = ['@libp2p/peer-discovery']
@@ -56,7 +59,7 @@ export function withoutConnected(
   inner: PeerDiscovery,
   connected: (peer: PeerId) => boolean,
 ): PeerDiscovery & Startable & { readonly dropped: number } {
-  return new UnconnectedMdns(inner, connected)
+  return new UnconnectedDiscovery(inner, connected)
 }
 
 /** `mdns(init)`, but answers about peers with an open connection never reach libp2p. */
