@@ -1,6 +1,7 @@
-// Runtime benchmark: create → process running (p50/p99) for 1 container at a time and for 20 at once, beside
-// bare `crun run -d` of the same binary with the same kind of config in the same run (a ratio); stop latency;
-// the agent's memory per running container. Needs root. Usage: scripts/bench/runtime [--quick]
+// Runtime benchmark: create → process running (p50/p99) for 1 container at a time, for 20 in a row (each
+// create while the ones before it run: the node fills up to 20) and for 20 at once, beside bare `crun run -d`
+// of the same binary with the same kind of config in the same run (a ratio); stop latency; the agent's
+// memory per running container. Needs root. Usage: scripts/bench/runtime [--quick]
 import { execFileSync, spawn, spawnSync } from 'node:child_process'
 import { closeSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
@@ -88,6 +89,27 @@ async function bareCrun() {
       spawnSync(df as string, da, { stdio: 'ignore' })
       return { run, stop: performance.now() - t }
     },
+    /** BATCH one after another, each kept running until all are (each from its own bundle). */
+    row(r: number): number[] {
+      const times: number[] = []
+      const ids = Array.from({ length: BATCH }, (_, i) => `km1s-bench-row-${process.pid}-${r}-${i}`)
+      for (const id of ids) {
+        const bundle = join(base, id)
+        mkdirSync(bundle)
+        writeFileSync(join(bundle, 'config.json'), bareConfig(base, id))
+        const [file, ...args] = argv('run', '-d', '--bundle', bundle, id)
+        const t = performance.now()
+        const res = spawnSync(file as string, args, { stdio: 'ignore' })
+        times.push(performance.now() - t)
+        if (res.status !== 0) throw new Error(`bare crun ${id} exited ${res.status}`)
+      }
+      for (const id of ids) {
+        const [df, ...da] = argv('delete', '-f', id)
+        spawnSync(df as string, da, { stdio: 'ignore' })
+        rmSync(join(base, id), { recursive: true, force: true })
+      }
+      return times
+    },
     /** BATCH at once (each from its own bundle), as km1s is asked for BATCH at once. */
     async batch(r: number): Promise<number[]> {
       const times: number[] = []
@@ -149,14 +171,17 @@ function supervisionPss(runDir: string): number {
  */
 async function latencies(): Promise<{
   bare: { run: number[]; stop: number[] }
+  bareRow: number[]
   bareBatch: number[]
-  km1s: { single: number[]; batch: number[]; stop: number[]; leftovers: number }
+  km1s: { single: number[]; row: number[]; batch: number[]; stop: number[]; leftovers: number }
 }> {
   const bare = await bareCrun()
   const h = await runtimeHarness('oci')
   const b = { run: [] as number[], stop: [] as number[] }
+  const bareRow: number[] = []
   const bareBatch: number[] = []
   const single: number[] = []
+  const row: number[] = []
   const batch: number[] = []
   const stop: number[] = []
   try {
@@ -177,6 +202,17 @@ async function latencies(): Promise<{
       stop.push(performance.now() - t2)
     }
     for (let r = 0; r < BATCH_RUNS; r++) {
+      bareRow.push(...bare.row(r))
+      const names = Array.from({ length: BATCH }, (_, i) => `r${r}-${i}`)
+      for (const n of names) {
+        const t = performance.now()
+        const s = await h.runtime.create(spec(n))
+        row.push(performance.now() - t)
+        if (s.processes[0]?.state !== 'running') throw new Error(`${n}: ${JSON.stringify(s)}`)
+      }
+      await Promise.all(names.map((n) => h.runtime.remove(n)))
+    }
+    for (let r = 0; r < BATCH_RUNS; r++) {
       bareBatch.push(...(await bare.batch(r)))
       const names = Array.from({ length: BATCH }, (_, i) => `b${r}-${i}`)
       await Promise.all(
@@ -194,7 +230,7 @@ async function latencies(): Promise<{
     await h.destroy()
   }
   const left = Object.values(census(h.instance, h.dir, undefined)).flat().length
-  return { bare: b, bareBatch, km1s: { single, batch, stop, leftovers: left } }
+  return { bare: b, bareRow, bareBatch, km1s: { single, row, batch, stop, leftovers: left } }
 }
 
 async function agentMemory(): Promise<{
@@ -234,9 +270,9 @@ async function agentMemory(): Promise<{
 async function main(): Promise<void> {
   const started = new Date().toISOString()
   log(
-    `runtime benchmark (${quick ? 'quick' : 'full'}): ${SINGLE_RUNS} single creates, ${BATCH_RUNS}× ${BATCH} at once`,
+    `runtime benchmark (${quick ? 'quick' : 'full'}): ${SINGLE_RUNS} single creates, ${BATCH_RUNS}× ${BATCH} in a row, ${BATCH_RUNS}× ${BATCH} at once`,
   )
-  const { bare, bareBatch, km1s: k } = await latencies()
+  const { bare, bareRow, bareBatch, km1s: k } = await latencies()
   log(
     `bare crun: p50 ${percentile(bare.run, 50).toFixed(1)} ms; km1s: p50 ${percentile(k.single, 50).toFixed(1)} ms`,
   )
@@ -257,6 +293,20 @@ async function main(): Promise<void> {
       value: percentile(k.single, 99),
       unit: 'ms',
       baseline: bareP99,
+      target: '≤ 100 ms',
+    },
+    {
+      metric: `create→running p50, ${BATCH} in a row`,
+      value: percentile(k.row, 50),
+      unit: 'ms',
+      baseline: percentile(bareRow, 50),
+      target: '≤ 1.5× bare crun',
+    },
+    {
+      metric: `create→running p99, ${BATCH} in a row`,
+      value: percentile(k.row, 99),
+      unit: 'ms',
+      baseline: percentile(bareRow, 99),
       target: '≤ 100 ms',
     },
     {
@@ -294,7 +344,12 @@ async function main(): Promise<void> {
     { metric: 'leftovers after the latency runs', value: k.leftovers, unit: 'resources', target: '0' },
   ]
   printRows('km1s runtime (oci) vs bare crun run -d', rows)
-  const file = writeJson('runtime', { started, quick, rows, raw: { bare, bareBatch, km1s: k, memory: mem } })
+  const file = writeJson('runtime', {
+    started,
+    quick,
+    rows,
+    raw: { bare, bareRow, bareBatch, km1s: k, memory: mem },
+  })
   log(`\nwrote ${file}`)
 }
 

@@ -5,6 +5,7 @@
 // `process` runtime (no crun) can use the same directories.
 // Plain cgroupfs paths (PID 1 is not always systemd); cgroup v1, hybrid (v1 + /sys/fs/cgroup/unified) and
 // pure v2 (a Raspberry Pi). Nothing here knows crun beyond the leaf's name.
+import { close, constants, openSync, readFileSync, write } from 'node:fs'
 import { mkdir as mkdirFs, readdir, readFile, rmdir, stat, writeFile } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { errorMessage, Km1sError } from '../common/errors.ts'
@@ -156,12 +157,30 @@ export function v1MemoryWriteOrder(current: number | null, next: number): Array<
   return current !== null && next > current ? ['memsw', 'memory'] : ['memory', 'memsw']
 }
 
+/**
+ * The cgroup of this process in one hierarchy, from /proc/self/cgroup (`N:controllers:/path`, `0::/path` for
+ * cgroup2): the controller `pids` on v1 and hybrid, the unified tree on v2. Null when it is not listed.
+ */
+export function ownCgroup(procSelfCgroup: string, layout: CgroupLayoutName): string | null {
+  for (const line of procSelfCgroup.split('\n')) {
+    const m = /^[0-9]+:([^:]*):(\/.*)$/.exec(line)
+    if (m === null) continue
+    const [, controllers = '', path = ''] = m
+    const wanted = layout === 'v2' ? controllers === '' : controllers.split(',').includes('pids')
+    if (wanted && !path.split('/').includes('..')) return path
+  }
+  return null
+}
+
 export class Cgroups {
   readonly root: string
   #log: Logger
   #mountsText: string | undefined
   #hierarchies: Promise<CgroupHierarchies> | undefined
   #warned = new Set<string>()
+  #warming = false
+  /** The hierarchies, once read. */
+  #known: CgroupHierarchies | undefined
   /** Seen once: whether this kernel has swap accounting (memsw files). */
   #v1MemoryFacts: { memsw: boolean } | undefined
 
@@ -175,7 +194,8 @@ export class Cgroups {
   hierarchies(): Promise<CgroupHierarchies> {
     this.#hierarchies ??= (async () => {
       const text = this.#mountsText ?? (await readFile('/proc/mounts', 'utf8').catch(() => ''))
-      return hierarchiesFromMounts(text, this.root)
+      this.#known = hierarchiesFromMounts(text, this.root)
+      return this.#known
     })()
     return this.#hierarchies
   }
@@ -207,6 +227,38 @@ export class Cgroups {
     return [...new Set(V1_CONTROLLERS.map((c) => h.v1.get(c)).filter((d) => d !== undefined))].map((d) =>
       join(d, path),
     )
+  }
+
+  /**
+   * Starts the wait that the next move of a process into a cgroup would make, so that it overlaps the work
+   * before that move. The kernel makes the first move after a quiet spell wait for an RCU grace period (its
+   * cgroup_threadgroup_rwsem: 5–12 ms on this kind of machine, measured), and moves in the next few ms go
+   * through at once. A new container's shim moves itself into its cgroup before crun may run (shim.ts), so
+   * that wait sat on every lone create's critical path. Writing the agent's own pid into the cgroup it is in
+   * moves nothing and pays the wait on a threadpool thread while the agent prepares the container. One at a
+   * time; best effort (errors are ignored: the move itself still works, only later).
+   */
+  warmMoves(): void {
+    const h = this.#known
+    if (this.#warming || h === undefined) return
+    const mount = h.layout === 'v2' ? h.unified : h.v1.get('pids')
+    if (mount === null || mount === undefined) return
+    // Opened on the main thread (procfs and cgroupfs, microseconds) so that the write is the first of the
+    // create's work in the threadpool's queue; the path read afresh, so the agent is never moved back into
+    // a cgroup it has left.
+    let fd: number
+    try {
+      const own = ownCgroup(readFileSync('/proc/self/cgroup', 'utf8'), h.layout)
+      if (own === null) return
+      fd = openSync(join(mount, own, 'cgroup.procs'), constants.O_WRONLY)
+    } catch {
+      return
+    }
+    this.#warming = true
+    write(fd, String(process.pid), () => {
+      close(fd, () => {})
+      this.#warming = false
+    })
   }
 
   /** Moves a process into `path` (the process runtime; tests). Call ensure first. */

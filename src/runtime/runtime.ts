@@ -578,6 +578,8 @@ export class ContainerRuntime implements Runtime {
       return [shimFile(dir, 'stdout'), shimFile(dir, 'stderr')]
     })
     ctr.fresh = !adopting && this.kind === 'oci' && ctr.record.ip !== null
+    // Its shim's move into its cgroup waits for the kernel unless another move went just before (cgroups.ts).
+    if (ctr.fresh) this.#cgroups?.warmMoves()
     const spawned = Promise.withResolvers<void>()
     ctr.shimSpawned = spawned.promise
     ctr.shimSpawnedNow = () => spawned.resolve()

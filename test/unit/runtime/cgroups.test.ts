@@ -13,6 +13,7 @@ import {
   hierarchiesFromMounts,
   keyedValue,
   OCI_LEAF,
+  ownCgroup,
   parsePids,
   v1CpuQuota,
   v1MemoryWriteOrder,
@@ -147,6 +148,22 @@ describe('cgroup helpers', () => {
     assert.equal(keyedValue('low 0\nhigh 0\nmax 12\noom 2\noom_kill 1\noom_group_kill 0\n', 'oom_kill'), 1)
     assert.equal(keyedValue('oom 2\n', 'oom_kill'), null)
     assert.deepEqual(parsePids('12\n7\n\n'), [12, 7])
+  })
+})
+
+describe('ownCgroup', () => {
+  const text =
+    '9:name=systemd:/user.slice\n8:pids:/km1s.service\n4:cpu,cpuacct:/\n0::/system.slice/km1s.service\n'
+  it('finds the pids hierarchy on v1 and hybrid, the unified one on v2', () => {
+    assert.equal(ownCgroup(text, 'hybrid'), '/km1s.service')
+    assert.equal(ownCgroup(text, 'v1'), '/km1s.service')
+    assert.equal(ownCgroup(text, 'v2'), '/system.slice/km1s.service')
+  })
+  it('says null when the hierarchy is not listed or the path climbs', () => {
+    assert.equal(ownCgroup('0::/a\n', 'v1'), null)
+    assert.equal(ownCgroup('8:pids:/a\n', 'v2'), null)
+    assert.equal(ownCgroup('0::/../etc\n', 'v2'), null)
+    assert.equal(ownCgroup('', 'hybrid'), null)
   })
 })
 
@@ -287,6 +304,28 @@ function exited(
     })
   })
 }
+
+describe('warmMoves on a fake tree', () => {
+  it("writes the agent's own pid into the cgroup it is in, once the hierarchies are known", async (t) => {
+    const root = await mkdtemp(join(tmpdir(), 'km1s-test-warm-'))
+    t.after(() => rm(root, { recursive: true, force: true }))
+    const mountsText = ['memory', 'pids'].map((h) => `cgroup ${join(root, h)} cgroup rw,${h} 0 0`).join('\n')
+    const own = ownCgroup(await readFile('/proc/self/cgroup', 'utf8'), 'v1') ?? '/'
+    const procs = join(root, 'pids', own, 'cgroup.procs')
+    await mkdir(join(root, 'pids', own), { recursive: true })
+    await writeFile(procs, '')
+    const cg = new Cgroups({ root, log: pino({ level: 'silent' }), mountsText })
+    cg.warmMoves()
+    await new Promise((r) => setTimeout(r, 50))
+    assert.equal(await readFile(procs, 'utf8'), '', 'nothing before the hierarchies are read')
+    await cg.hierarchies()
+    cg.warmMoves()
+    cg.warmMoves()
+    for (let i = 0; i < 100 && (await readFile(procs, 'utf8')) === ''; i++)
+      await new Promise((r) => setTimeout(r, 10))
+    assert.equal(await readFile(procs, 'utf8'), String(process.pid))
+  })
+})
 
 describe('cgroups on this host', { skip }, () => {
   const { log, lines } = captureLog()
