@@ -70,6 +70,21 @@ async function bareCrun() {
   const base = `/tmp/km1s-bench-bare-${process.pid}`
   await prepareBase(base)
   const argv = (...a: string[]) => [...oci.wrapper, oci.binary as string, ...a]
+  /** BATCH containers' ids, each with its own bundle made. */
+  const bundles = (what: string): string[] =>
+    Array.from({ length: BATCH }, (_, i) => {
+      const id = `km1s-bench-${what}-${process.pid}-${i}`
+      mkdirSync(join(base, id))
+      writeFileSync(join(base, id, 'config.json'), bareConfig(base, id))
+      return id
+    })
+  const deleteAll = (ids: string[]): void => {
+    for (const id of ids) {
+      const [df, ...da] = argv('delete', '-f', id)
+      spawnSync(df as string, da, { stdio: 'ignore' })
+      rmSync(join(base, id), { recursive: true, force: true })
+    }
+  }
   return {
     once(i: number): { run: number; stop: number } {
       const id = `km1s-bench-bare-${process.pid}-${i}`
@@ -92,33 +107,21 @@ async function bareCrun() {
     /** BATCH one after another, each kept running until all are (each from its own bundle). */
     row(r: number): number[] {
       const times: number[] = []
-      const ids = Array.from({ length: BATCH }, (_, i) => `km1s-bench-row-${process.pid}-${r}-${i}`)
+      const ids = bundles(`row-${r}`)
       for (const id of ids) {
-        const bundle = join(base, id)
-        mkdirSync(bundle)
-        writeFileSync(join(bundle, 'config.json'), bareConfig(base, id))
-        const [file, ...args] = argv('run', '-d', '--bundle', bundle, id)
+        const [file, ...args] = argv('run', '-d', '--bundle', join(base, id), id)
         const t = performance.now()
         const res = spawnSync(file as string, args, { stdio: 'ignore' })
         times.push(performance.now() - t)
         if (res.status !== 0) throw new Error(`bare crun ${id} exited ${res.status}`)
       }
-      for (const id of ids) {
-        const [df, ...da] = argv('delete', '-f', id)
-        spawnSync(df as string, da, { stdio: 'ignore' })
-        rmSync(join(base, id), { recursive: true, force: true })
-      }
+      deleteAll(ids)
       return times
     },
     /** BATCH at once (each from its own bundle), as km1s is asked for BATCH at once. */
     async batch(r: number): Promise<number[]> {
       const times: number[] = []
-      const ids = Array.from({ length: BATCH }, (_, i) => `km1s-bench-batch-${process.pid}-${r}-${i}`)
-      for (const id of ids) {
-        const bundle = join(base, id)
-        mkdirSync(bundle)
-        writeFileSync(join(bundle, 'config.json'), bareConfig(base, id))
-      }
+      const ids = bundles(`batch-${r}`)
       await Promise.all(
         ids.map(
           (id) =>
@@ -133,11 +136,7 @@ async function bareCrun() {
             }),
         ),
       )
-      for (const id of ids) {
-        const [df, ...da] = argv('delete', '-f', id)
-        spawnSync(df as string, da, { stdio: 'ignore' })
-        rmSync(join(base, id), { recursive: true, force: true })
-      }
+      deleteAll(ids)
       return times
     },
     close(): void {
