@@ -232,7 +232,7 @@ export class Cgroups {
   /**
    * Starts the wait that the next move of a process into a cgroup would make, so that it overlaps the work
    * before that move. The kernel makes the first move after a quiet spell wait for an RCU grace period (its
-   * cgroup_threadgroup_rwsem: 5–12 ms on this kind of machine, measured), and moves in the next few ms go
+   * cgroup_threadgroup_rwsem: 5–15 ms on this kind of machine, measured), and moves in the next few ms go
    * through at once. A new container's shim moves itself into its cgroup before crun may run (shim.ts), so
    * that wait sat on every lone create's critical path. Writing the agent's own pid into the cgroup it is in
    * moves nothing and pays the wait on a threadpool thread while the agent prepares the container. One at a

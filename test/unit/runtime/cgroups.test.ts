@@ -310,7 +310,8 @@ describe('warmMoves on a fake tree', () => {
     const root = await mkdtemp(join(tmpdir(), 'km1s-test-warm-'))
     t.after(() => rm(root, { recursive: true, force: true }))
     const mountsText = ['memory', 'pids'].map((h) => `cgroup ${join(root, h)} cgroup rw,${h} 0 0`).join('\n')
-    const own = ownCgroup(await readFile('/proc/self/cgroup', 'utf8'), 'v1') ?? '/'
+    const own = ownCgroup(await readFile('/proc/self/cgroup', 'utf8'), 'v1')
+    if (own === null) return t.skip('this host lists no v1 pids cgroup for this process')
     const procs = join(root, 'pids', own, 'cgroup.procs')
     await mkdir(join(root, 'pids', own), { recursive: true })
     await writeFile(procs, '')
