@@ -54,6 +54,17 @@ const PATCHES = [
     replace:
       'const sort = (a, b) => { const x = a.toString(), y = b.toString(); return x < y ? -1 : x > y ? 1 : 0; };',
   },
+  // @libp2p/peer-collections keeps peer ids as strings and decodes a new PeerId from base58 at every
+  // iteration of a PeerSet or a PeerMap's keys (libp2p's getPeers, kad-dht's closest-peer tagging every 5 s),
+  // whose callers then often encode it back with toString(): ~5 % of an idle agent's CPU without the
+  // optimizing compilers (docs/mesh.md). Peer ids are immutable values, so the decoded ones are kept,
+  // up to 1,024 (a cluster has tens), and handed out again.
+  {
+    file: /@libp2p[\\/]peer-collections[\\/]dist[\\/]src[\\/]util\.js$/,
+    find: 'export function peerIdFromString(str) {',
+    replace:
+      'const decoded = new Map();\nexport function peerIdFromString(str) {\n    let id = decoded.get(str);\n    if (id === undefined) {\n        id = decodePeerId(str);\n        if (decoded.size >= 1024) decoded.clear();\n        decoded.set(str, id);\n    }\n    return id;\n}\nfunction decodePeerId(str) {',
+  },
   // kad-dht's routing-table refresh finds a random peer id in a k-bucket through a table of 65,536 numbers (a
   // 480 KB module, ~1 MB of every agent's heap and bundle source). src/mesh/kad-prefix.ts finds one by hashing
   // instead, matching only the bits the bucket fixes.
