@@ -1,5 +1,6 @@
 import { errorMessage } from '../common/errors.ts'
 import { Agent, type AgentConfig } from './agent.ts'
+import { CompilerGovernor } from './compilers.ts'
 
 /** SIGTERM/SIGINT must end the agent within 2 s even if a subsystem hangs while stopping. */
 const STOP_DEADLINE_MS = 1_800
@@ -34,7 +35,14 @@ export async function runAgent(config: AgentConfig, onReady?: (agent: Agent) => 
     process.on('SIGTERM', onSignal)
     process.on('SIGINT', onSignal)
   })
-  await agent.start()
-  onReady?.(agent)
-  return stopped
+  // V8's optimizing compilers come on when the ready agent is busy (compilers.ts): a process-wide setting.
+  const compilers = new CompilerGovernor({ execArgv: process.execArgv, logger: log })
+  try {
+    await agent.start()
+    compilers.start()
+    onReady?.(agent)
+    return await stopped
+  } finally {
+    compilers.stop()
+  }
 }

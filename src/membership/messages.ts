@@ -13,14 +13,18 @@ export const Heartbeat = z.strictObject({
 })
 export type Heartbeat = z.infer<typeof Heartbeat>
 
+// One each for the process: a new TextDecoder per heartbeat cost more than the rest of the decode.
+const utf8Encoder = new TextEncoder()
+const utf8Decoder = new TextDecoder()
+
 export function encodeHeartbeat(hb: Heartbeat): Uint8Array {
-  return new TextEncoder().encode(JSON.stringify(hb))
+  return utf8Encoder.encode(JSON.stringify(hb))
 }
 
 export function decodeHeartbeat(data: Uint8Array): Heartbeat | undefined {
   if (data.length > MAX_HEARTBEAT_BYTES) return undefined
   try {
-    const parsed = Heartbeat.safeParse(JSON.parse(new TextDecoder().decode(data)))
+    const parsed = Heartbeat.safeParse(JSON.parse(utf8Decoder.decode(data)))
     return parsed.success ? parsed.data : undefined
   } catch {
     return undefined

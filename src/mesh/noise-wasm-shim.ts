@@ -8,9 +8,26 @@
 // or without the optimizing compilers (~180 µs); the WebAssembly took ~4.5. Only the names noise imports
 // are here; tests running from source still load the originals, so both must agree
 // (test/unit/mesh/noise-wasm-shim.test.ts).
-import { createCipheriv, createDecipheriv, createHash } from 'node:crypto'
+import { createCipheriv, createDecipheriv, createHash, createSecretKey, type KeyObject } from 'node:crypto'
 
 const TAG = 16
+
+/**
+ * OpenSSL key objects by noise's key arrays: a cipher made from a KeyObject skips Node's key preparation,
+ * about a third of each message's cost in the interpreter (docs/agent.md, "Memory"). Noise keeps one key
+ * array per direction for the connection's life; the bytes are compared too, so a key changed in place
+ * gets a new object.
+ */
+const keyObjects = new WeakMap<Uint8Array, { bytes: Buffer; key: KeyObject }>()
+
+function keyObject(key: Uint8Array): KeyObject {
+  const known = keyObjects.get(key)
+  if (known?.bytes.equals(key)) return known.key
+  const bytes = Buffer.from(key)
+  const made = { bytes, key: createSecretKey(bytes) }
+  keyObjects.set(key, made)
+  return made.key
+}
 
 /** as-chacha20poly1305's context; the native cipher needs none. */
 export function newInstance(): object {
@@ -22,7 +39,7 @@ export class ChaCha20Poly1305 {
   constructor(_ctx?: object) {}
 
   seal(key: Uint8Array, nonce: Uint8Array, plaintext: Uint8Array, ad?: Uint8Array): Uint8Array {
-    const c = createCipheriv('chacha20-poly1305', key, nonce, { authTagLength: TAG })
+    const c = createCipheriv('chacha20-poly1305', keyObject(key), nonce, { authTagLength: TAG })
     if (ad) c.setAAD(ad, { plaintextLength: plaintext.length })
     const body = c.update(plaintext)
     c.final()
@@ -32,7 +49,7 @@ export class ChaCha20Poly1305 {
   /** The plaintext, or null when the tag does not match (noise then fails the connection). */
   open(key: Uint8Array, nonce: Uint8Array, sealed: Uint8Array, ad?: Uint8Array): Uint8Array | null {
     if (sealed.length < TAG) return null
-    const d = createDecipheriv('chacha20-poly1305', key, nonce, { authTagLength: TAG })
+    const d = createDecipheriv('chacha20-poly1305', keyObject(key), nonce, { authTagLength: TAG })
     const body = sealed.subarray(0, sealed.length - TAG)
     if (ad) d.setAAD(ad, { plaintextLength: body.length })
     d.setAuthTag(sealed.subarray(sealed.length - TAG))

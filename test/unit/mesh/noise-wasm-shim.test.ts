@@ -42,6 +42,16 @@ describe("mesh/noise-wasm-shim: the bundle stand-in for noise's WebAssembly help
     assert.equal(native.open(k, n, big), null)
   })
 
+  it('follows a key changed in place (its OpenSSL key object is cached by the array)', () => {
+    const k = new Uint8Array(32).fill(3)
+    const n = new Uint8Array(12)
+    const p = new Uint8Array([9, 8, 7])
+    assert.deepEqual([...native.seal(k, n, p)], [...wasm.seal(k, n, p)])
+    k[0] = 4
+    assert.deepEqual([...native.seal(k, n, p)], [...wasm.seal(k, n, p)])
+    assert.deepEqual([...(native.open(k, n, wasm.seal(k, n, p)) ?? [])], [...p])
+  })
+
   it('hashes as as-sha256 does', () => {
     fc.assert(
       fc.property(fc.uint8Array({ maxLength: 500 }), (d) => {

@@ -4,17 +4,23 @@ import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import type { PeerId } from '@libp2p/interface'
 import { createLogger } from '../../../src/common/logger.ts'
-import { Replication, type ReplicationInit, STATE_TOPIC } from '../../../src/state/replication.ts'
+import {
+  Replication,
+  type ReplicationInit,
+  STATE_TOPIC,
+  startsRound,
+} from '../../../src/state/replication.ts'
 import type { Store } from '../../../src/state/store.ts'
 
 function fakePeer(id: string): PeerId {
   return { toString: () => id, equals: (o: unknown) => String(o) === id } as unknown as PeerId
 }
 
-function setup() {
+function setup(syncIntervalMs?: number) {
   const peers: PeerId[] = []
   const dials: string[] = []
   const libp2p = Object.assign(new EventTarget(), {
+    peerId: fakePeer('m'),
     handle: async () => {},
     unhandle: async () => {},
     getPeers: () => peers,
@@ -37,6 +43,7 @@ function setup() {
     pubsub: pubsub as unknown as ReplicationInit['pubsub'],
     logger: createLogger({ level: 'silent' }),
     connectSyncMs: 60,
+    ...(syncIntervalMs ? { syncIntervalMs } : {}),
   })
   return { libp2p, pubsub, replication, dials, peers }
 }
@@ -95,5 +102,22 @@ describe('replication: sessions with a new peer', () => {
     await replication.stop()
     await sleep(100)
     assert.deepEqual(dials, [])
+  })
+
+  it('the periodic round: only the side with the smaller peer id starts the session', async () => {
+    const t = setup(40)
+    await t.replication.start()
+    t.peers.push(fakePeer('a'), fakePeer('z'))
+    try {
+      await sleep(100)
+      assert.ok(t.dials.includes('z'), 'm < z: this node starts it')
+      assert.ok(!t.dials.includes('a'), 'a < m: the peer starts it')
+    } finally {
+      await t.replication.stop()
+    }
+  })
+  it('orders by the peer id string', () => {
+    assert.equal(startsRound('12D3KooWA', '12D3KooWB'), true)
+    assert.equal(startsRound('12D3KooWB', '12D3KooWA'), false)
   })
 })
