@@ -3,7 +3,7 @@
 //
 // bin/km1s starts the agent with --no-maglev --no-turbofan. An idle agent then runs its JavaScript in V8's
 // interpreter and never touches the compilers' ~7.5 MiB of the node binary nor keeps optimized code: in a
-// 10-node lab its RSS is ~10 MiB lower, its idle CPU the same within the noise, and its start no slower
+// 10-node lab its RSS is ~12 MiB lower for ~0.1–0.3 % of a core more, and its start is no slower
 // (docs/benchmarks.md). Work that is hot for long — a DNS flood — needs the compilers: without them the DNS
 // server answered ~0.65× what dnsmasq does instead of ~0.9×. So once the agent has used more than half a
 // core for three seconds in a row, this turns both compilers on through `v8.setFlagsFromString`: V8 reads
