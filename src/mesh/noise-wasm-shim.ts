@@ -14,7 +14,7 @@ const TAG = 16
 
 /**
  * OpenSSL key objects by noise's key arrays: a cipher made from a KeyObject skips Node's key preparation,
- * about a third of each message's cost in the interpreter (docs/agent.md, "Memory"). Noise keeps one key
+ * about a third of each message's cost in the interpreter (docs/benchmarks.md, mesh). Noise keeps one key
  * array per direction for the connection's life; the bytes are compared too, so a key changed in place
  * gets a new object.
  */

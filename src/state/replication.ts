@@ -47,8 +47,9 @@ export interface ReplicationInit {
 
 /**
  * Whether this node starts the periodic session with `peer`: the one with the smaller id does, as it dials
- * (mesh/dial-policy.ts). A session is two-way, so one per pair and round leaves both with the union; both
- * starting one doubled the rounds' cost, ~10 % of an idle agent's CPU without the optimizing compilers.
+ * (mesh/dial-policy.ts). A session is two-way, so one per pair and round leaves both with the union. With
+ * both sides starting one, the rounds were ~10 % of an idle agent's CPU profile without the optimizing
+ * compilers.
  */
 export function startsRound(self: string, peer: string): boolean {
   return self < peer
