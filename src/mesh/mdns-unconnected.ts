@@ -25,7 +25,7 @@ import { TypedEventEmitter } from 'main-event'
 
 /** What libp2p hands a peer discovery module, as far as this one reads it. */
 export type UnconnectedMdnsComponents = MulticastDNSComponents & {
-  connectionManager: { getConnections(peer?: PeerId): Array<{ remotePeer: PeerId }> }
+  connectionManager: { getConnections(): Array<{ remotePeer: PeerId }> }
 }
 
 class UnconnectedDiscovery
@@ -134,13 +134,11 @@ export function unconnectedMdns(
   const factory = mdns(init)
   return (components) => {
     const { connectionManager } = components
+    const connected = (peer: string) =>
+      connectionManager.getConnections().some((c) => c.remotePeer.toString() === peer)
     const inner = factory(components)
-    const outer = withoutConnected(inner, (peer) => connectionManager.getConnections(peer).length > 0)
-    dropAnswersEarly(
-      inner,
-      (peer) => connectionManager.getConnections().some((c) => c.remotePeer.toString() === peer),
-      () => outer.dropped++,
-    )
+    const outer = withoutConnected(inner, (peer) => connected(peer.toString()))
+    dropAnswersEarly(inner, connected, () => outer.dropped++)
     return outer
   }
 }
