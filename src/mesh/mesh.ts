@@ -302,9 +302,7 @@ export class Mesh {
     if (!this.#started) return
     const now = Date.now()
     const self = this.peerId.toString()
-    // From the connections, not getPeers(): that decodes every peer id from its string and this encoded
-    // each again, every second (~6 % of an idle agent's CPU without the optimizing compilers).
-    const connected = new Set(this.libp2p.getConnections().map((c) => c.remotePeer.toString()))
+    const connected = new Set(this.libp2p.getPeers().map((p) => p.toString()))
     let waiting = false
     for (const t of this.#targets.values()) {
       if (t.peer && connected.has(t.peer)) continue
