@@ -143,7 +143,14 @@ export class Agent {
     await this.#mesh.start()
     const mesh = this.#mesh
     const pubsub = mesh.libp2p.services.pubsub
-    this.#replication = new Replication({ store, libp2p: mesh.libp2p, pubsub, logger })
+    this.#replication = new Replication({
+      store,
+      libp2p: mesh.libp2p,
+      pubsub,
+      logger,
+      // Membership starts below; until it has, every round runs.
+      inSync: (peer) => this.#membership?.inSyncWith(peer) ?? false,
+    })
     await this.#replication.start()
     // The key goes into the node record, which membership writes as it starts.
     if (this.#networkWanted()) {

@@ -103,6 +103,7 @@ export const StatusView = z.object({
     flushes: z.number(),
     published: z.number(),
     syncSessions: z.number(),
+    roundsSkipped: z.number(),
     syncFailures: z.number(),
     recordsSent: z.number(),
     recordsReceived: z.number(),

@@ -65,6 +65,8 @@ export class Membership {
   readonly #log: Logger
   readonly #selfId: string
   readonly #heard = new Map<string, number>()
+  /** The digest fingerprint of each member's last heartbeat, when it carried one. */
+  readonly #fingerprints = new Map<string, string>()
   readonly #warnOnce = createLogThrottle(60_000)
   readonly #stats: MembershipStats = { heartbeatsReceived: 0, heartbeatsDropped: 0, deafReconnects: 0 }
   readonly #hungUp = new Map<string, number>()
@@ -181,6 +183,7 @@ export class Membership {
     for (const key of keys) if (store.get(key)) await store.delete(key)
     await store.flush()
     this.#heard.delete(id)
+    this.#fingerprints.delete(id)
   }
 
   stats(): MembershipStats {
@@ -203,8 +206,19 @@ export class Membership {
     }
   }
 
+  /**
+   * Whether `id`'s last heartbeat, heard within the suspect time, carried the fingerprint of this node's
+   * own state digest: then the two replicas hold the same records and need no anti-entropy session.
+   */
+  inSyncWith(id: string): boolean {
+    const theirs = this.#fingerprints.get(id)
+    if (theirs === undefined || this.#now() - (this.#heard.get(id) ?? 0) >= this.#cfg.suspectMs) return false
+    return theirs === this.#init.store.fingerprint()
+  }
+
   #beat(): void {
-    const data = encodeHeartbeat({ v: 1, id: this.#selfId, seq: this.#seq++ })
+    const fp = this.#init.store.fingerprint()
+    const data = encodeHeartbeat({ v: 1, id: this.#selfId, seq: this.#seq++, ...(fp ? { fp } : {}) })
     this.#init.bus.publish(HEARTBEAT_TOPIC, data).catch((err) => {
       if (this.#warnOnce('publish')) this.#log.debug({ err: errorMessage(err) }, 'heartbeat publish failed')
     })
@@ -259,6 +273,8 @@ export class Membership {
       this.#stats.heartbeatsReceived++
       if (!this.#heard.has(from)) this.#log.info({ peer: from }, 'heard from a node')
       this.#heard.set(from, this.#now())
+      if (hb.fp) this.#fingerprints.set(from, hb.fp)
+      else this.#fingerprints.delete(from)
     }
     return TopicValidatorResult.Ignore
   }
@@ -287,5 +303,6 @@ export class Membership {
     const id = evt.detail.toString()
     const heard = this.#heard.get(id)
     if (heard !== undefined) this.#heard.set(id, lastHeardAfterDisconnect(this.#now(), heard, this.#cfg))
+    this.#fingerprints.delete(id)
   }
 }

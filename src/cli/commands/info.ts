@@ -92,7 +92,7 @@ export function registerInfoCommands(program: Command): void {
         ],
         [
           'Sync',
-          `${s.state.syncSessions} sessions (${s.state.syncFailures} failed), ${s.state.recordsSent} records sent, ${s.state.recordsReceived} received`,
+          `${s.state.syncSessions} sessions (${s.state.syncFailures} failed, ${s.state.roundsSkipped} skipped in sync), ${s.state.recordsSent} records sent, ${s.state.recordsReceived} received`,
         ],
         ['Dropped', formatDrops(s.state.dropped)],
         ['Memory', `${humanBytes(s.memory.rss)} RSS, ${humanBytes(s.memory.heapUsed)} heap`],

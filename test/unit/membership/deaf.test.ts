@@ -1,41 +1,15 @@
 // Membership hangs up a connection to a member it has not heard on for three dead-times, once a period,
 // and never a fresh connection or one to a peer that is not a member.
 import assert from 'node:assert/strict'
-import { mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
-import { after, describe, it } from 'node:test'
+import { describe, it } from 'node:test'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import type { PeerId } from '@libp2p/interface'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
-import { Level } from 'level'
-import { pino } from 'pino'
-import { type HeartbeatBus, Membership } from '../../../src/membership/membership.ts'
-import { type NodeValue, Store, type WireRecord } from '../../../src/state/index.ts'
-
-const silent = pino({ level: 'silent' })
-const dirs: string[] = []
-after(async () => {
-  for (const d of dirs) await rm(d, { recursive: true, force: true })
-})
-
-const info = (name: string): NodeValue => ({
-  name,
-  arch: 'amd64',
-  cpus: 2,
-  memory: 1 << 30,
-  version: '0.1.0',
-  addresses: [],
-  startedAt: 1,
-  wgPublicKey: null,
-})
+import { Membership } from '../../../src/membership/membership.ts'
+import { fakeBus, info, silent, tempStore } from './fixtures.ts'
 
 describe('membership: deaf connections', () => {
   it('hangs up a connection that carried no heartbeat for three dead-times, once a period', async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'km1s-deaf-'))
-    dirs.push(dir)
-    const db = new Level<string, unknown>(dir, { valueEncoding: 'json' })
-    await db.open()
     const [selfKey, memberKey, strangerKey] = await Promise.all(
       [0, 1, 2].map(() => generateKeyPair('Ed25519')),
     )
@@ -43,14 +17,7 @@ describe('membership: deaf connections', () => {
     const member = peerIdFromPrivateKey(memberKey as never)
     const stranger = peerIdFromPrivateKey(strangerKey as never)
     let now = 1_700_000_000_000
-    const store = new Store({
-      records: db.sublevel<string, WireRecord>('records', { valueEncoding: 'json' }),
-      meta: db.sublevel<string, unknown>('meta', { valueEncoding: 'json' }),
-      privateKey: memberKey as never,
-      logger: silent,
-      now: () => now,
-    })
-    await store.load()
+    const store = await tempStore(memberKey as never, () => now)
     // The member's own record, as replication would have brought it.
     await store.put(`node/${member.toString()}`, info('n2'))
     const hungUp: string[] = []
@@ -58,14 +25,7 @@ describe('membership: deaf connections', () => {
       { remotePeer: member, timeline: { open: now } },
       { remotePeer: stranger, timeline: { open: now } },
     ]
-    const bus = {
-      subscribe() {},
-      unsubscribe() {},
-      publish: async () => ({ recipients: [] }),
-      addEventListener() {},
-      removeEventListener() {},
-      topicValidators: new Map(),
-    } as unknown as HeartbeatBus
+    const bus = fakeBus()
     const m = new Membership({
       self,
       bus,
@@ -98,8 +58,6 @@ describe('membership: deaf connections', () => {
       assert.equal(m.stats().deafReconnects, 1)
     } finally {
       m.stop()
-      await store.stop()
-      await db.close()
     }
   })
 })

@@ -10,6 +10,7 @@ import {
   DIGEST_BYTES,
   decodeDigest,
   diffDigests,
+  digestFingerprint,
   recordsInBuckets,
 } from '../../../src/state/digest.ts'
 import { mergeMaps, type RecordMap } from '../../../src/state/merge.ts'
@@ -107,5 +108,22 @@ describe('anti-entropy digests', () => {
     assert.equal(decodeDigest(d.subarray(1)), undefined)
     assert.equal(decodeDigest(new Uint8Array(DIGEST_BYTES)), undefined, 'wrong version byte')
     assert.equal(decodeDigest(new Uint8Array(DIGEST_BYTES + 1).fill(1)), undefined)
+  })
+})
+
+describe('digestFingerprint', () => {
+  it('is 11 base64url characters, equal for equal digests and different when one bucket differs', () => {
+    const a = new Uint8Array(DIGEST_BYTES)
+    a[0] = 1
+    const b = Uint8Array.from(a)
+    assert.match(digestFingerprint(a), /^[A-Za-z0-9_-]{11}$/)
+    assert.equal(digestFingerprint(a), digestFingerprint(b))
+    fc.assert(
+      fc.property(fc.integer({ min: 1, max: DIGEST_BYTES - 1 }), fc.integer({ min: 1, max: 255 }), (i, x) => {
+        const c = Uint8Array.from(a)
+        c[i] = x
+        return digestFingerprint(c) !== digestFingerprint(a)
+      }),
+    )
   })
 })

@@ -16,7 +16,7 @@ function fakePeer(id: string): PeerId {
   return { toString: () => id, equals: (o: unknown) => String(o) === id } as unknown as PeerId
 }
 
-function setup(syncIntervalMs?: number) {
+function setup(syncIntervalMs?: number, inSync?: (peer: string) => boolean) {
   const peers: PeerId[] = []
   const dials: string[] = []
   const libp2p = Object.assign(new EventTarget(), {
@@ -44,6 +44,7 @@ function setup(syncIntervalMs?: number) {
     logger: createLogger({ level: 'silent' }),
     connectSyncMs: 60,
     ...(syncIntervalMs ? { syncIntervalMs } : {}),
+    ...(inSync ? { inSync } : {}),
   })
   return { libp2p, pubsub, replication, dials, peers }
 }
@@ -117,6 +118,24 @@ describe('replication: sessions with a new peer', () => {
       await t.replication.stop()
     }
   })
+  it('the periodic round skips a peer that is in sync, and runs again once it is not', async () => {
+    let same = true
+    const t = setup(40, (peer) => peer === 'z' && same)
+    await t.replication.start()
+    t.peers.push(fakePeer('y'), fakePeer('z'))
+    try {
+      for (let i = 0; i < 50 && t.replication.stats().roundsSkipped < 3; i++) await sleep(20)
+      assert.ok(t.replication.stats().roundsSkipped >= 3)
+      assert.ok(t.dials.includes('y'), 'a peer not known to be in sync gets its session')
+      assert.ok(!t.dials.includes('z'))
+      same = false
+      for (let i = 0; i < 50 && !t.dials.includes('z'); i++) await sleep(20)
+      assert.ok(t.dials.includes('z'))
+    } finally {
+      await t.replication.stop()
+    }
+  })
+
   it('orders by the peer id string', () => {
     assert.equal(startsRound('12D3KooWA', '12D3KooWB'), true)
     assert.equal(startsRound('12D3KooWB', '12D3KooWA'), false)

@@ -11,7 +11,7 @@ import fc from 'fast-check'
 import { Level } from 'level'
 import { pino } from 'pino'
 import { isKm1sError } from '../../../src/common/errors.ts'
-import { computeDigest } from '../../../src/state/digest.ts'
+import { computeDigest, digestFingerprint } from '../../../src/state/digest.ts'
 import { compareHlc, type Hlc, MAX_DRIFT_MS } from '../../../src/state/hlc.ts'
 import { mergeMaps, supersedes } from '../../../src/state/merge.ts'
 import {
@@ -681,6 +681,37 @@ describe('Store.collectGarbage', () => {
     assert.equal(await d.records.get('tag/old-dead:v'), undefined)
     assert.ok(await d.records.get('tag/new-dead:v'))
     assert.ok(await d.records.get('tag/old-live:v'))
+  })
+})
+
+describe('Store.fingerprint', () => {
+  it("is the digest's fingerprint once the store has been quiet for quietMs, and none while it changes", async () => {
+    const d = await freshDb()
+    let clock = NOW
+    const store = newStore(d, { now: () => clock })
+    await store.load()
+    const empty = store.fingerprint(500)
+    assert.equal(empty, digestFingerprint(computeDigest(new Map())), 'a loaded store is quiet at once')
+    await store.put('tag/a:v', { v: 1 })
+    assert.equal(store.fingerprint(500), undefined, 'just changed')
+    clock += 499
+    assert.equal(store.fingerprint(500), undefined)
+    clock += 1
+    const one = store.fingerprint(500)
+    assert.equal(one, digestFingerprint(store.digest()))
+    assert.notEqual(one, empty)
+    assert.equal(store.fingerprint(500), one, 'stable while nothing changes')
+    // A remote record changes it too; an equal replica has an equal fingerprint.
+    const other = newStore(await freshDb(), { now: () => clock })
+    await other.load()
+    const record = store.get('tag/a:v')
+    assert.ok(record)
+    assert.equal(await other.applyRemote(record, A), 'applied')
+    clock += 500
+    assert.equal(other.fingerprint(500), one)
+    await store.delete('tag/a:v')
+    clock += 500
+    assert.notEqual(store.fingerprint(500), one)
   })
 })
 
