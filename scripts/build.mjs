@@ -65,6 +65,13 @@ const PATCHES = [
     replace:
       'const decoded = new Map();\nexport function peerIdFromString(str) {\n    let id = decoded.get(str);\n    if (id === undefined) {\n        id = decodePeerId(str);\n        if (decoded.size >= 1024) decoded.clear();\n        decoded.set(str, id);\n    }\n    return id;\n}\nfunction decodePeerId(str) {',
   },
+  // gossipsub's heartbeat runs at whole multiples of its interval from its start; this puts it on the wall
+  // clock's grid instead, in the wake-up the agent's own 1 s timers share (src/common/grid.ts).
+  {
+    file: /@libp2p[\\/]gossipsub[\\/]dist[\\/]src[\\/]gossipsub\.js$/,
+    find: 'hearbeatStartMs: Date.now() + constants.GossipsubHeartbeatInitialDelay',
+    replace: 'hearbeatStartMs: 0',
+  },
   // kad-dht's routing-table refresh finds a random peer id in a k-bucket through a table of 65,536 numbers (a
   // 480 KB module, ~1 MB of every agent's heap and bundle source). src/mesh/kad-prefix.ts finds one by hashing
   // instead, matching only the bits the bucket fixes.

@@ -12,6 +12,7 @@
 // Chrome makes the same trade on low-memory phones (V8's lite mode). Sampling begins once the agent is ready
 // (run.ts): loading and opening everything is one burst that the interpreter does for the same CPU.
 import { setFlagsFromString } from 'node:v8'
+import { type GridTimer, onGrid } from '../common/grid.ts'
 import type { Logger } from '../common/logger.ts'
 
 export interface BusyRule {
@@ -65,7 +66,7 @@ export class CompilerGovernor {
   readonly #flags: string[]
   readonly #cpu: () => number
   readonly #now: () => number
-  #timer: NodeJS.Timeout | undefined
+  #timer: GridTimer | undefined
   #last: { at: number; cpu: number } | undefined
   #shares: number[] = []
   #on = false
@@ -93,13 +94,12 @@ export class CompilerGovernor {
     this.#last = { at: this.#now(), cpu: this.#cpu() }
     const every = this.#init.intervalMs ?? 1_000
     if (every > 0) {
-      this.#timer = setInterval(() => this.sample(), every)
-      this.#timer.unref()
+      this.#timer = onGrid(every, () => this.sample())
     }
   }
 
   stop(): void {
-    clearInterval(this.#timer)
+    this.#timer?.stop()
     this.#timer = undefined
   }
 

@@ -6,6 +6,7 @@ import {
 } from '@libp2p/gossipsub'
 import type { Libp2p, PeerId } from '@libp2p/interface'
 import { errorMessage, Km1sError } from '../common/errors.ts'
+import { type GridTimer, onGrid } from '../common/grid.ts'
 import { createLogThrottle, type Logger } from '../common/logger.ts'
 import { canonicalJson, type NodeValue, type Store } from '../state/index.ts'
 import {
@@ -70,8 +71,8 @@ export class Membership {
   readonly #warnOnce = createLogThrottle(60_000)
   readonly #stats: MembershipStats = { heartbeatsReceived: 0, heartbeatsDropped: 0, deafReconnects: 0 }
   readonly #hungUp = new Map<string, number>()
-  #timer: NodeJS.Timeout | undefined
-  #recordTimer: NodeJS.Timeout | undefined
+  #timer: GridTimer | undefined
+  #recordTimer: GridTimer | undefined
   #soon: NodeJS.Timeout | undefined
   #unwatch: (() => void) | undefined
   // Gossipsub drops a message whose bytes it saw in the last minutes (unsigned messages are identified by
@@ -112,19 +113,18 @@ export class Membership {
     this.#init.connections.addEventListener('peer:identify', this.#onIdentify)
     this.#init.bus.topicValidators.set(HEARTBEAT_TOPIC, this.#onHeartbeat)
     this.#init.bus.subscribe(HEARTBEAT_TOPIC)
-    this.#timer = setInterval(() => this.#beat(), this.#cfg.heartbeatMs)
-    this.#timer.unref()
+    // On the grid (common/grid.ts): nodes whose clocks agree beat together.
+    this.#timer = onGrid(this.#cfg.heartbeatMs, () => this.#beat())
     // Addresses change (DHCP, a new interface): keep the record true, checked cheaply every 10 s.
-    this.#recordTimer = setInterval(() => void this.#writeOwnRecord(), 10_000)
-    this.#recordTimer.unref()
+    this.#recordTimer = onGrid(10_000, () => void this.#writeOwnRecord())
     this.#beat()
   }
 
   stop(): void {
     if (!this.#started) return
     this.#started = false
-    clearInterval(this.#timer)
-    clearInterval(this.#recordTimer)
+    this.#timer?.stop()
+    this.#recordTimer?.stop()
     clearTimeout(this.#soon)
     this.#unwatch?.()
     this.#init.bus.removeEventListener('subscription-change', this.#onSubscriptionChange)

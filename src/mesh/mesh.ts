@@ -11,6 +11,7 @@ import { yamux } from '@libp2p/yamux'
 import { type Multiaddr, multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p } from 'libp2p'
 import { errorMessage, Km1sError } from '../common/errors.ts'
+import { nextGridPoint } from '../common/grid.ts'
 import { createLogThrottle, type Logger } from '../common/logger.ts'
 import { ipOfAddr, isLoopbackAddr, peerIdOfAddr, withoutLoopback } from './addresses.ts'
 import {
@@ -312,7 +313,8 @@ export class Mesh {
       void this.#dial(t)
     }
     // Look often while someone is missing; rarely once everyone is connected (events kick the loop).
-    this.#schedule(waiting ? 100 : 1_000)
+    // Idle, on the 1 s grid (common/grid.ts), in the wake-up its heartbeats and other timers share.
+    this.#schedule(waiting ? 100 : nextGridPoint(Date.now(), 1_000) - Date.now())
   }
 
   async #dial(t: Target): Promise<void> {

@@ -7,6 +7,7 @@ import { readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { errorMessage, Km1sError } from '../common/errors.ts'
 import { writeFileAtomic } from '../common/files.ts'
+import { type GridTimer, onGrid } from '../common/grid.ts'
 import type { Logger } from '../common/logger.ts'
 import * as z from '../common/schema.ts'
 import type { JsonValue, NodeValue, SignedRecord, StoreChange } from '../state/index.ts'
@@ -141,7 +142,7 @@ export class NodeNetwork {
   #lastError: string | null = null
   /** A subnet conflict this node cannot settle (its --subnet is another node's); shown as the error. */
   #conflictNote: string | null = null
-  #timer: NodeJS.Timeout | undefined
+  #timer: GridTimer | undefined
   #debounce: NodeJS.Timeout | undefined
   #running: Promise<void> | undefined
   #again = false
@@ -218,14 +219,13 @@ export class NodeNetwork {
       if (WATCHED.some((p) => c.key.startsWith(p))) this.#schedule(DEBOUNCE_MS)
       else if (TABLE_ONLY.some((p) => c.key.startsWith(p))) this.#schedule(DEBOUNCE_MS, false)
     })
-    this.#timer = setInterval(() => this.#schedule(0), RECONCILE_MS)
-    this.#timer.unref()
+    this.#timer = onGrid(RECONCILE_MS, () => this.#schedule(0))
   }
 
   async stop(): Promise<void> {
     if (this.#stopped) return
     this.#stopped = true
-    clearInterval(this.#timer)
+    this.#timer?.stop()
     clearTimeout(this.#debounce)
     clearTimeout(this.#handshakeTimer)
     this.#unwatch?.()

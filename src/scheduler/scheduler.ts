@@ -2,6 +2,7 @@
 // assigned here through the Runtime, and write their status records. Passes are cheap and synchronous;
 // container work runs in the background, one operation per container at a time.
 import { errorMessage } from '../common/errors.ts'
+import { type GridTimer, onGrid } from '../common/grid.ts'
 import type { Logger } from '../common/logger.ts'
 import type { Member } from '../membership/index.ts'
 import type { ContainerStatus, Runtime } from '../runtime/types.ts'
@@ -74,7 +75,7 @@ export class Scheduler {
   readonly #lastPut = new Map<string, { text: string; at: number }>()
   readonly #stats: SchedulerStats = { passes: 0, started: 0, stopped: 0, replaced: 0, failures: 0 }
   #startedAt = 0
-  #timer: NodeJS.Timeout | undefined
+  #timer: GridTimer | undefined
   #soon: NodeJS.Immediate | undefined
   #unsubscribe: Array<() => void> = []
   #running = false
@@ -99,8 +100,7 @@ export class Scheduler {
       }),
     )
     if (runtime?.onChange) this.#unsubscribe.push(runtime.onChange(() => this.#schedule()))
-    this.#timer = setInterval(() => this.#pass(), this.#init.tickMs ?? 500)
-    this.#timer.unref()
+    this.#timer = onGrid(this.#init.tickMs ?? 500, () => this.#pass())
     this.#schedule()
   }
 
@@ -108,7 +108,7 @@ export class Scheduler {
   async stop(): Promise<void> {
     if (!this.#running) return
     this.#running = false
-    clearInterval(this.#timer)
+    this.#timer?.stop()
     if (this.#soon) clearImmediate(this.#soon)
     for (const u of this.#unsubscribe) u()
     this.#unsubscribe = []

@@ -2,6 +2,7 @@
 // (allocate.ts) over the same records gives the same writes everywhere, so there is no leader to elect
 // and a split heals by itself (the tie-break moves exactly one of two services that took one IP).
 import { errorMessage } from '../common/errors.ts'
+import { type GridTimer, onGrid } from '../common/grid.ts'
 import type { Logger } from '../common/logger.ts'
 import type { JsonValue, SignedRecord, StoreChange, WorkloadValue } from '../state/index.ts'
 import { planServices, type ServicePlan } from './allocate.ts'
@@ -37,7 +38,7 @@ export class Services {
   #running: Promise<void> | undefined
   #again = false
   #unwatch: (() => void) | undefined
-  #repair: NodeJS.Timeout | undefined
+  #repair: GridTimer | undefined
   #writes = 0
 
   constructor(init: ServicesInit) {
@@ -52,15 +53,14 @@ export class Services {
         this.#schedule(c.origin === 'local' ? LOCAL_DELAY_MS : REMOTE_DELAY_MS)
     })
     this.#schedule(REMOTE_DELAY_MS)
-    this.#repair = setInterval(() => this.#schedule(0), REPAIR_MS)
-    this.#repair.unref()
+    this.#repair = onGrid(REPAIR_MS, () => this.#schedule(0))
   }
 
   async stop(): Promise<void> {
     this.#unwatch?.()
     this.#unwatch = undefined
     clearTimeout(this.#timer)
-    clearInterval(this.#repair)
+    this.#repair?.stop()
     await this.#running?.catch(() => {})
   }
 

@@ -5,6 +5,7 @@
 // scheduler's `isHealthy` seam, so DNS, the load balancer and rolling updates all follow it.
 import { connect } from 'node:net'
 import { errorMessage } from '../common/errors.ts'
+import { type GridTimer, onGrid } from '../common/grid.ts'
 // node:http through common/http.ts, never an ESM import: that loads Node's bundled undici (~5 MB RSS).
 import { http } from '../common/http.ts'
 import type { Logger } from '../common/logger.ts'
@@ -149,7 +150,7 @@ export class HealthMonitor {
   readonly #tracked = new Map<string, Tracked>()
   readonly #stats = { probes: 0, failures: 0, restarts: 0 }
   #startedAt = 0
-  #timer: NodeJS.Timeout | undefined
+  #timer: GridTimer | undefined
   #unsubscribe: (() => void) | undefined
   #running = false
 
@@ -163,14 +164,13 @@ export class HealthMonitor {
     this.#running = true
     this.#startedAt = Date.now()
     this.#unsubscribe = this.#init.runtime?.onChange(() => this.sync())
-    this.#timer = setInterval(() => this.sync(), this.#init.syncMs ?? 500)
-    this.#timer.unref()
+    this.#timer = onGrid(this.#init.syncMs ?? 500, () => this.sync())
     this.sync()
   }
 
   stop(): void {
     this.#running = false
-    clearInterval(this.#timer)
+    this.#timer?.stop()
     this.#unsubscribe?.()
     for (const t of this.#tracked.values()) clearTimeout(t.timer)
     this.#tracked.clear()

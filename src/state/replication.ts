@@ -7,6 +7,7 @@ import { TopicValidatorResult } from '@libp2p/gossipsub'
 import type { Libp2p, PeerId, Stream } from '@libp2p/interface'
 import { type LengthPrefixedStream, lpStream } from '@libp2p/utils'
 import { errorMessage } from '../common/errors.ts'
+import { type GridTimer, onGrid } from '../common/grid.ts'
 import type { Logger } from '../common/logger.ts'
 import { decodeDigest, diffDigests, recordsInBuckets } from './digest.ts'
 import { decodeRecord, encodeRecord, fromWire, toWire } from './record.ts'
@@ -95,7 +96,7 @@ export class Replication {
     recordsReceived: 0,
   }
   readonly #controller = new AbortController()
-  #timer: NodeJS.Timeout | undefined
+  #timer: GridTimer | undefined
   #unsubscribe: (() => void) | undefined
   #started = false
 
@@ -123,7 +124,7 @@ export class Replication {
     libp2p.addEventListener('peer:connect', this.#onConnect)
     pubsub.addEventListener('subscription-change', this.#onSubscriptionChange)
     const self = libp2p.peerId.toString()
-    this.#timer = setInterval(() => {
+    this.#timer = onGrid(this.#init.syncIntervalMs ?? 30_000, () => {
       for (const peer of libp2p.getPeers()) {
         const key = peer.toString()
         if (!startsRound(self, key)) continue
@@ -131,8 +132,7 @@ export class Replication {
         if (this.#init.inSync?.(key)) this.#stats.roundsSkipped++
         else void this.syncWith(peer)
       }
-    }, this.#init.syncIntervalMs ?? 30_000)
-    this.#timer.unref()
+    })
     // Connections made while the mesh started, before this listened for them.
     for (const peer of libp2p.getPeers()) void this.syncWith(peer)
   }
@@ -140,7 +140,7 @@ export class Replication {
   async stop(): Promise<void> {
     if (!this.#started) return
     this.#started = false
-    clearInterval(this.#timer)
+    this.#timer?.stop()
     this.#controller.abort()
     this.#unsubscribe?.()
     this.#init.libp2p.removeEventListener('peer:connect', this.#onConnect)
