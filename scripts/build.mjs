@@ -72,6 +72,18 @@ const PATCHES = [
     find: 'hearbeatStartMs: Date.now() + constants.GossipsubHeartbeatInitialDelay',
     replace: 'hearbeatStartMs: 0',
   },
+  // Noise's default crypto derives its keys with @noble/hashes' HKDF in JavaScript; the shim's runs in OpenSSL
+  // (src/mesh/noise-wasm-shim.ts `getHKDF`, reached through the alias of as-sha256 below).
+  {
+    file: /@libp2p[\\/]noise[\\/]dist[\\/]src[\\/]crypto[\\/]index\.js$/,
+    find: "import { digest } from '@chainsafe/as-sha256';",
+    replace: "import { digest, getHKDF as opensslHKDF } from '@chainsafe/as-sha256';",
+  },
+  {
+    file: /@libp2p[\\/]noise[\\/]dist[\\/]src[\\/]crypto[\\/]index\.js$/,
+    find: 'export const defaultCrypto = {\n    ...pureJsCrypto,',
+    replace: 'export const defaultCrypto = {\n    ...pureJsCrypto,\n    getHKDF: opensslHKDF,',
+  },
   // kad-dht's routing-table refresh finds a random peer id in a k-bucket through a table of 65,536 numbers (a
   // 480 KB module, ~1 MB of every agent's heap and bundle source). src/mesh/kad-prefix.ts finds one by hashing
   // instead, matching only the bits the bucket fixes.

@@ -7,8 +7,16 @@
 // @noble/ciphers' pure JavaScript costs once V8 has optimized it, and 8× less than noble costs before that
 // or without the optimizing compilers (~180 µs); the WebAssembly took ~4.5. Only the names noise imports
 // are here; tests running from source still load the originals, so both must agree
-// (test/unit/mesh/noise-wasm-shim.test.ts).
-import { createCipheriv, createDecipheriv, createHash, createSecretKey, type KeyObject } from 'node:crypto'
+// (test/unit/mesh/noise-wasm-shim.test.ts). `getHKDF` is not from those packages: a build patch hands it to
+// noise's default crypto in place of @noble/hashes' (scripts/build.mjs).
+import {
+  createCipheriv,
+  createDecipheriv,
+  createHash,
+  createSecretKey,
+  hkdfSync,
+  type KeyObject,
+} from 'node:crypto'
 
 const TAG = 16
 
@@ -61,6 +69,18 @@ export class ChaCha20Poly1305 {
     }
     return out
   }
+}
+
+const NO_INFO = new Uint8Array(0)
+
+/**
+ * Noise's HKDF (the spec's, which is RFC 5869's with the chaining key as salt and no info) by OpenSSL: ~9 µs
+ * against ~420 µs for @noble/hashes' without the optimizing compilers, four times per handshake; it was
+ * ~4 % of the CPU of ten agents starting together (docs/benchmarks.md, mesh).
+ */
+export function getHKDF(ck: Uint8Array, ikm: Uint8Array): [Uint8Array, Uint8Array, Uint8Array] {
+  const okm = new Uint8Array(hkdfSync('sha256', ikm, ck, NO_INFO, 96))
+  return [okm.subarray(0, 32), okm.subarray(32, 64), okm.subarray(64, 96)]
 }
 
 /** as-sha256's digest. */

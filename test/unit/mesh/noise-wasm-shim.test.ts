@@ -2,6 +2,7 @@ import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import * as asChaCha from '@chainsafe/as-chacha20poly1305'
 import * as asSha from '@chainsafe/as-sha256'
+import { pureJsCrypto } from '@libp2p/noise'
 import fc from 'fast-check'
 import * as shim from '../../../src/mesh/noise-wasm-shim.ts'
 
@@ -25,6 +26,18 @@ describe("mesh/noise-wasm-shim: the bundle stand-in for noise's WebAssembly help
           assert.deepEqual([...(wasm.open(k, n, b, ad) ?? [])], [...p])
         },
       ),
+    )
+  })
+
+  it("derives noise's keys exactly as noise's own HKDF does, also from an empty input (its Split)", () => {
+    fc.assert(
+      fc.property(bytes(32), fc.oneof(bytes(0), bytes(32), fc.uint8Array({ maxLength: 96 })), (ck, ikm) => {
+        const want = pureJsCrypto.getHKDF(ck, ikm).map((k) => [...k])
+        assert.deepEqual(
+          shim.getHKDF(ck, ikm).map((k) => [...k]),
+          want,
+        )
+      }),
     )
   })
 
