@@ -5,8 +5,7 @@ import { describe, it } from 'node:test'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import type { PeerId } from '@libp2p/interface'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
-import { Membership } from '../../../src/membership/membership.ts'
-import { fakeBus, info, silent, tempStore } from './fixtures.ts'
+import { fakeBus, info, tempStore, testMembership } from './fixtures.ts'
 
 describe('membership: deaf connections', () => {
   it('hangs up a connection that carried no heartbeat for three dead-times, once a period', async () => {
@@ -26,7 +25,7 @@ describe('membership: deaf connections', () => {
       { remotePeer: stranger, timeline: { open: now } },
     ]
     const bus = fakeBus()
-    const m = new Membership({
+    const m = testMembership({
       self,
       bus,
       connections: {
@@ -38,9 +37,6 @@ describe('membership: deaf connections', () => {
         },
       } as never,
       store,
-      selfInfo: () => info('n1'),
-      logger: silent,
-      detector: { suspectMs: 3_000, deadMs: 5_000 },
       now: () => now,
     })
     await m.start()

@@ -5,10 +5,9 @@ import { describe, it } from 'node:test'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import type { PeerId } from '@libp2p/interface'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
-import { Membership } from '../../../src/membership/membership.ts'
 import { decodeHeartbeat, encodeHeartbeat, HEARTBEAT_TOPIC } from '../../../src/membership/messages.ts'
 import { DIGEST_QUIET_MS } from '../../../src/state/store.ts'
-import { fakeBus, info, silent, tempStore } from './fixtures.ts'
+import { fakeBus, tempStore, testMembership } from './fixtures.ts'
 
 describe('membership: digest fingerprints on heartbeats', () => {
   it("sends this node's fingerprint once its store is quiet, and is in sync only with a peer just heard carrying it", async () => {
@@ -18,14 +17,11 @@ describe('membership: digest fingerprints on heartbeats', () => {
     let now = 1_700_000_000_000
     const store = await tempStore(selfKey as never, () => now)
     const bus = fakeBus()
-    const m = new Membership({
+    const m = testMembership({
       self,
       bus,
       connections: { addEventListener() {}, removeEventListener() {} },
       store,
-      selfInfo: () => info('n1'),
-      logger: silent,
-      detector: { suspectMs: 3_000, deadMs: 5_000 },
       now: () => now,
     })
     await m.start()

@@ -3,10 +3,10 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after } from 'node:test'
-import type { PrivateKey } from '@libp2p/interface'
+import type { PeerId, PrivateKey } from '@libp2p/interface'
 import { Level } from 'level'
 import { pino } from 'pino'
-import type { HeartbeatBus } from '../../../src/membership/membership.ts'
+import { type ConnectionEvents, type HeartbeatBus, Membership } from '../../../src/membership/membership.ts'
 import { type NodeValue, Store, type WireRecord } from '../../../src/state/index.ts'
 
 export const silent = pino({ level: 'silent' })
@@ -62,4 +62,20 @@ export function fakeBus(): HeartbeatBus & { published: Uint8Array[] } {
     removeEventListener() {},
     topicValidators: new Map(),
   } as unknown as HeartbeatBus & { published: Uint8Array[] }
+}
+
+/** A membership of node `n1` on a fake clock, 3 s suspect and 5 s dead. */
+export function testMembership(init: {
+  self: PeerId
+  bus: HeartbeatBus
+  connections: ConnectionEvents
+  store: Store
+  now: () => number
+}): Membership {
+  return new Membership({
+    ...init,
+    selfInfo: () => info('n1'),
+    logger: silent,
+    detector: { suspectMs: 3_000, deadMs: 5_000 },
+  })
 }
