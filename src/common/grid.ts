@@ -4,8 +4,8 @@
 // caches. On the grid every timer of a period fires at whole multiples of it (`Date.now() % period === 0`),
 // so one agent's timers share wake-ups, and nodes whose clocks agree (NTP on the LAN) send their heartbeats
 // together, so each agent takes its peers' heartbeats in one wake-up too. Idle CPU of a 10-node lab's median
-// agent: 1.27–1.33 % → 1.00 % for the heartbeat alone (docs/benchmarks.md, mesh). Nodes whose clocks differ
-// lose the second part only.
+// agent: 1.27–1.33 % → 1.00 % with the heartbeat alone on the grid, 0.73–0.83 % with every periodic timer
+// (docs/benchmarks.md, mesh). Nodes whose clocks differ lose the second part only.
 
 /** The first grid point after `now`: the next whole multiple of `periodMs` (pure, for tests). */
 export function nextGridPoint(now: number, periodMs: number): number {
