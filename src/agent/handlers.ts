@@ -1,5 +1,4 @@
 // The control API's handlers: thin translations between API types and the subsystems.
-import { createHash } from 'node:crypto'
 import type { Handlers, NodeView, StatusView, StreamHandlers } from '../api/index.ts'
 import type { UpgradeHandlers } from '../api/server.ts'
 import { operationEvents } from '../artifacts/events.ts'
@@ -15,7 +14,7 @@ import { startExec } from '../runtime/exec.ts'
 import type { ContainerStatus, Runtime } from '../runtime/types.ts'
 import { createWorkloadHandlers, type Unplaced } from '../scheduler/index.ts'
 import type { Services } from '../services/index.ts'
-import { encodeHlc, type Replication, type Store } from '../state/index.ts'
+import { digestHash, encodeHlc, type Replication, type Store } from '../state/index.ts'
 
 export interface HandlerDeps {
   name: () => string
@@ -146,7 +145,7 @@ export function createHandlers(d: HandlerDeps): {
         membership: membership.stats(),
         state: {
           ...s,
-          digest: createHash('sha256').update(store.digest()).digest('hex').slice(0, 16),
+          digest: digestHash(store.digest()).toString('hex'),
           ...replication.stats(),
         },
         memory: {

@@ -48,15 +48,23 @@ export function computeDigest(map: RecordMap): Digest {
   return out
 }
 
-/** Bytes of sha256(digest) in a fingerprint: what a heartbeat carries to say "my digest is this". */
+/** Bytes of sha256(digest) in a digest's short hash. */
 export const FINGERPRINT_BYTES = 8
 
 /**
- * A short fingerprint of a digest (base64url, 11 characters). Two replicas with equal fingerprints hold
- * the same records but for a 2^-64 chance, so the periodic anti-entropy session between them is skipped.
+ * A digest's short hash: two replicas with equal ones hold the same records but for a 2^-64 chance.
+ * `km1s status` shows it in hex; heartbeats carry it as the fingerprint below.
+ */
+export function digestHash(digest: Digest): Buffer {
+  return createHash('sha256').update(digest).digest().subarray(0, FINGERPRINT_BYTES)
+}
+
+/**
+ * The digest's short hash as a heartbeat carries it (base64url, 11 characters): the periodic anti-entropy
+ * session between two replicas with equal fingerprints is skipped.
  */
 export function digestFingerprint(digest: Digest): string {
-  return createHash('sha256').update(digest).digest().subarray(0, FINGERPRINT_BYTES).toString('base64url')
+  return digestHash(digest).toString('base64url')
 }
 
 /** A digest from the network, or undefined if it is not exactly one of ours. */

@@ -11,6 +11,7 @@ import {
   decodeDigest,
   diffDigests,
   digestFingerprint,
+  digestHash,
   recordsInBuckets,
 } from '../../../src/state/digest.ts'
 import { mergeMaps, type RecordMap } from '../../../src/state/merge.ts'
@@ -117,6 +118,9 @@ describe('digestFingerprint', () => {
     a[0] = 1
     const b = Uint8Array.from(a)
     assert.match(digestFingerprint(a), /^[A-Za-z0-9_-]{11}$/)
+    // km1s status shows the same short hash as 16 hex digits of sha256(digest).
+    assert.equal(digestHash(a).toString('hex'), createHash('sha256').update(a).digest('hex').slice(0, 16))
+    assert.equal(digestFingerprint(a), digestHash(a).toString('base64url'))
     assert.equal(digestFingerprint(a), digestFingerprint(b))
     fc.assert(
       fc.property(fc.integer({ min: 1, max: DIGEST_BYTES - 1 }), fc.integer({ min: 1, max: 255 }), (i, x) => {
