@@ -204,10 +204,10 @@ export class DnsServer {
       const out = this.#handle(msg, rinfo.address)
       if (out instanceof Promise)
         out.then(
-          (o) => udp.send(fitUdp(o), rinfo.port, rinfo.address),
+          (o) => replyUdp(udp, o, rinfo),
           (err) => this.#log.warn({ err: errorMessage(err) }, 'DNS query failed'),
         )
-      else if (out) udp.send(fitUdp(out), rinfo.port, rinfo.address)
+      else if (out) replyUdp(udp, out, rinfo)
     })
     udp.on('error', (err) => this.#log.debug({ err: errorMessage(err), address }, 'DNS UDP socket error'))
     await new Promise<void>((resolve, reject) => {
@@ -312,6 +312,20 @@ export function fitUdp(out: Buffer): Buffer {
   cut.writeUInt16BE(0, 8)
   cut.writeUInt16BE(0, 10)
   return cut
+}
+
+/**
+ * Sends an answer back on the socket its question came in on. A forwarded answer can come after that socket
+ * closed (the agent stopping, an address no longer wanted: stopping the forwarder answers what it still
+ * waits for with SERVFAIL); then nobody is there to hear it, and dgram's throw would be an unhandled
+ * rejection, which ends the process.
+ */
+function replyUdp(udp: dgram.Socket, out: Buffer, to: dgram.RemoteInfo): void {
+  try {
+    udp.send(fitUdp(out), to.port, to.address)
+  } catch {
+    // ERR_SOCKET_DGRAM_NOT_RUNNING: closed since the question came.
+  }
 }
 
 async function closeListener(l: Listener): Promise<void> {

@@ -177,6 +177,39 @@ describe('dns server', () => {
     }
   })
 
+  it('stops while a forwarded question still waits, and drops its late answer quietly', async () => {
+    // An upstream that hears and never answers: the question is still pending when the server stops, and
+    // stopping answers it with SERVFAIL for a socket that is already closed.
+    const mute = dgram.createSocket('udp4')
+    await new Promise<void>((r) => mute.bind(0, '127.0.0.1', r))
+    const slow = new DnsServer({
+      port: 0,
+      addresses: ['127.0.0.1'],
+      upstreams: [{ address: '127.0.0.1', port: mute.address().port }],
+      rateLimit: null,
+      logger: silent,
+    })
+    slow.setZone(buildZone(records))
+    await slow.start()
+    const rejections: unknown[] = []
+    const onRejection = (reason: unknown) => rejections.push(reason)
+    process.on('unhandledRejection', onRejection)
+    try {
+      const q = new Packet()
+      q.questions.push(new Packet.Question('example.test', TYPE.A, 1))
+      await sendRaw(slow.listening()[0]?.port ?? 0, [q.toBuffer()])
+      for (let i = 0; i < 100 && slow.stats().forwarder.pending === 0; i++)
+        await new Promise((r) => setTimeout(r, 10))
+      assert.equal(slow.stats().forwarder.pending, 1)
+      await slow.stop()
+      await new Promise((r) => setTimeout(r, 50))
+      assert.deepEqual(rejections, [])
+    } finally {
+      process.off('unhandledRejection', onRejection)
+      mute.close()
+    }
+  })
+
   it('listens on an address it could not bind at start once it can, without another call', async () => {
     const blocker = dgram.createSocket('udp4')
     await new Promise<void>((r) => blocker.bind(0, '127.0.0.1', r))
