@@ -84,6 +84,16 @@ const PATCHES = [
     find: 'export const defaultCrypto = {\n    ...pureJsCrypto,',
     replace: 'export const defaultCrypto = {\n    ...pureJsCrypto,\n    getHKDF: opensslHKDF,',
   },
+  // kad-dht pings every new contact before it adds it to its routing table, also one that is connected and has
+  // just told us by identify that it speaks the DHT protocol (the topology listener's peers): one more stream
+  // each way per pair, negotiated, answered and closed, while many nodes start together and wait on the CPU
+  // (docs/mesh.md). A connected peer has answered already; others are still pinged.
+  {
+    file: /@libp2p[\\/]kad-dht[\\/]dist[\\/]src[\\/]routing-table[\\/]index\.js$/,
+    find: '    async verifyNewContact(contact, options) {\n',
+    replace:
+      '    async verifyNewContact(contact, options) {\n        if (this.components.connectionManager.getConnections(contact.peerId).some((c) => c.status === "open")) return true;\n',
+  },
   // kad-dht's routing-table refresh finds a random peer id in a k-bucket through a table of 65,536 numbers (a
   // 480 KB module, ~1 MB of every agent's heap and bundle source). src/mesh/kad-prefix.ts finds one by hashing
   // instead, matching only the bits the bucket fixes.

@@ -65,6 +65,26 @@ export function startsRound(self: string, peer: string): boolean {
 /** See `#onConnect`. */
 export const CONNECT_SYNC_MS = 2_000
 
+/** What the side of a new connection that does not start sessions knows of it (see `ownSessionNeeded`). */
+export interface JoinView {
+  /** This node has seen the peer subscribe to the state topic: its local writes reach the peer by gossip. */
+  subscribed: boolean
+  /** When this node took its digest for the session it answered on this connection; undefined before one. */
+  answeredAt?: number
+  /** When this node last wrote a record of its own (ms; 0 for never). */
+  lastLocalWrite: number
+}
+
+/**
+ * Whether the side of a new connection that leaves the session to its peer (`startsRound` false) must run one
+ * of its own. The peer's session carries everything up to the digest this node answered it with, and gossip
+ * everything this node writes once it knows the peer subscribed; a record of this node's own written between
+ * the two reached neither, and only then is a second session worth its cost.
+ */
+export function ownSessionNeeded(v: JoinView): boolean {
+  return v.subscribed && v.answeredAt !== undefined && v.lastLocalWrite >= v.answeredAt
+}
+
 export interface ReplicationStats {
   published: number
   syncSessions: number
@@ -87,6 +107,9 @@ export class Replication {
   readonly #again = new Set<string>()
   /** When the last session with each peer ended well, as initiator or responder (ms). */
   readonly #synced = new Map<string, number>()
+  /** For each connection's peer whose sessions the peer starts: what `ownSessionNeeded` decides on. */
+  readonly #joining = new Map<string, Omit<JoinView, 'lastLocalWrite'>>()
+  #lastLocalWrite = 0
   readonly #stats: ReplicationStats = {
     published: 0,
     syncSessions: 0,
@@ -113,6 +136,7 @@ export class Replication {
     pubsub.subscribe(STATE_TOPIC)
     this.#unsubscribe = store.onChange((change) => {
       if (change.origin !== 'local') return
+      this.#lastLocalWrite = Date.now()
       this.#stats.published++
       pubsub.publish(STATE_TOPIC, encodeRecord(change.record)).catch((err) => {
         this.#log.debug({ err: errorMessage(err) }, 'publishing a record failed; anti-entropy will carry it')
@@ -167,6 +191,7 @@ export class Replication {
   readonly #onConnect = (evt: CustomEvent<PeerId>): void => {
     const peer = evt.detail
     const since = Date.now()
+    this.#joining.set(peer.toString(), { subscribed: false })
     const timer = setTimeout(() => {
       if (!this.#started || (this.#synced.get(peer.toString()) ?? 0) >= since) return
       if (this.#isConnected(peer)) void this.syncWith(peer)
@@ -177,12 +202,32 @@ export class Replication {
   /**
    * Gossip reaches only peers known to have subscribed, and a peer's subscription arrives a moment after
    * its connection. A record written in between (every node writes its own record as it starts) would
-   * wait for the 30 s round; a session when the subscription arrives carries it at once.
+   * wait for the 30 s round; a session when the subscription arrives carries it at once. One session per
+   * pair does, both ways: the side with the smaller id starts it, as it starts the rounds; the other runs one
+   * only for what that session cannot have carried (`ownSessionNeeded`). Two sessions per pair were ~3 % of
+   * the CPU of ten agents starting together, which is what the start of a cluster waits on (docs/state.md).
    */
   readonly #onSubscriptionChange = (evt: CustomEvent<SubscriptionChangeData>): void => {
-    if (evt.detail.subscriptions.some((s) => s.topic === STATE_TOPIC && s.subscribe)) {
-      void this.syncWith(evt.detail.peerId)
-    }
+    if (!evt.detail.subscriptions.some((s) => s.topic === STATE_TOPIC && s.subscribe)) return
+    const peer = evt.detail.peerId
+    const key = peer.toString()
+    if (startsRound(this.#init.libp2p.peerId.toString(), key)) return void this.syncWith(peer)
+    const join = this.#joining.get(key) ?? { subscribed: false }
+    join.subscribed = true
+    this.#joining.set(key, join)
+    this.#followUp(peer)
+  }
+
+  /**
+   * Once both are known, the peer's subscription and the session it started: runs this node's own session
+   * when `ownSessionNeeded` says so. Until then nothing; should the peer start none, `#onConnect` runs one.
+   */
+  #followUp(peer: PeerId): void {
+    const key = peer.toString()
+    const join = this.#joining.get(key)
+    if (!join?.subscribed || join.answeredAt === undefined) return
+    this.#joining.delete(key)
+    if (ownSessionNeeded({ ...join, lastLocalWrite: this.#lastLocalWrite })) void this.syncWith(peer)
   }
 
   /** Gossip: one record per message; valid and newer → applied and forwarded, else not forwarded. */
@@ -269,12 +314,18 @@ export class Replication {
       if (first.t !== 'digest') throw this.#garbage(key, 'expected a digest frame')
       const theirs = decodeDigest(new Uint8Array(Buffer.from(first.d, 'base64')))
       if (!theirs) throw this.#garbage(key, 'a digest of the wrong size')
+      const digestAt = Date.now()
       const buckets = diffDigests(this.#init.store.digest(), theirs)
       await send({ t: 'diff', b: buckets })
       await this.#sendBuckets(buckets, send)
       await this.#receiveRecords(read, key)
       await stream.close({ signal })
       this.#synced.set(key, Date.now())
+      const join = this.#joining.get(key)
+      if (join && join.answeredAt === undefined) {
+        join.answeredAt = digestAt
+        this.#followUp(remote)
+      }
     } catch (err) {
       stream.abort(err instanceof Error ? err : new Error(String(err)))
       if (!this.#controller.signal.aborted)

@@ -1,0 +1,167 @@
+// Two replications with real stores joined by in-memory streams: one session per new connection, started
+// by the side with the smaller id, carries both sides' records; the other side runs its own only for a record
+// it wrote after answering and before it knew the peer had subscribed (ownSessionNeeded).
+import assert from 'node:assert/strict'
+import { describe, it } from 'node:test'
+import { generateKeyPair } from '@libp2p/crypto/keys'
+import type { PeerId, Stream } from '@libp2p/interface'
+import { peerIdFromPrivateKey } from '@libp2p/peer-id'
+import { streamPair } from '@libp2p/utils'
+import {
+  ownSessionNeeded,
+  Replication,
+  type ReplicationInit,
+  STATE_TOPIC,
+} from '../../../src/state/replication.ts'
+import type { Store } from '../../../src/state/store.ts'
+import { info, silent, tempStore } from '../membership/fixtures.ts'
+
+type Handler = (stream: Stream, connection: { remotePeer: PeerId }) => void
+
+interface Side {
+  id: PeerId
+  store: Store
+  libp2p: EventTarget
+  pubsub: EventTarget
+  replication: Replication
+  /** Sessions this side started. */
+  dials: string[]
+  handler?: Handler
+  peers: PeerId[]
+}
+
+async function side(): Promise<Side> {
+  const key = await generateKeyPair('Ed25519')
+  const id = peerIdFromPrivateKey(key)
+  const store = await tempStore(key, Date.now)
+  const s = { id, store, dials: [] as string[], peers: [] as PeerId[] } as unknown as Side
+  s.libp2p = Object.assign(new EventTarget(), {
+    peerId: id,
+    handle: async (_protocol: string, h: Handler) => {
+      s.handler = h
+    },
+    unhandle: async () => {},
+    getPeers: () => s.peers,
+    getConnections: () => [],
+  })
+  s.pubsub = Object.assign(new EventTarget(), {
+    subscribe: () => {},
+    unsubscribe: () => {},
+    publish: async () => ({ recipients: [] }),
+    topicValidators: new Map(),
+  })
+  return s
+}
+
+/** Two started sides whose sessions reach each other; `a` has the smaller id. */
+async function pair(): Promise<[Side, Side]> {
+  const [x, y] = [await side(), await side()]
+  const [a, b] = x.id.toString() < y.id.toString() ? [x, y] : [y, x]
+  for (const [me, other] of [
+    [a, b],
+    [b, a],
+  ] as const) {
+    Object.assign(me.libp2p, {
+      dialProtocol: async (peer: PeerId) => {
+        me.dials.push(peer.toString())
+        const [out, inbound] = await streamPair()
+        other.handler?.(inbound, { remotePeer: me.id })
+        return out
+      },
+    })
+    me.replication = new Replication({
+      store: me.store,
+      libp2p: me.libp2p as unknown as ReplicationInit['libp2p'],
+      pubsub: me.pubsub as unknown as ReplicationInit['pubsub'],
+      logger: silent,
+      connectSyncMs: 300,
+    })
+    await me.replication.start()
+    await me.store.put(`node/${me.id}`, info(me === a ? 'a' : 'b'))
+  }
+  return [a, b]
+}
+
+function connect(me: Side, other: Side): void {
+  me.peers.push(other.id)
+  me.libp2p.dispatchEvent(new CustomEvent('peer:connect', { detail: other.id }))
+}
+
+function subscribed(me: Side, other: Side): void {
+  me.pubsub.dispatchEvent(
+    new CustomEvent('subscription-change', {
+      detail: { peerId: other.id, subscriptions: [{ topic: STATE_TOPIC, subscribe: true }] },
+    }),
+  )
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
+async function until(what: string, ok: () => boolean): Promise<void> {
+  for (let i = 0; i < 200 && !ok(); i++) await sleep(10)
+  assert.ok(ok(), what)
+}
+
+async function stop(...sides: Side[]): Promise<void> {
+  for (const s of sides) await s.replication.stop()
+}
+
+describe('replication: one session per new connection', () => {
+  it('the smaller id starts it, it carries both ways, and the other side starts none', async () => {
+    const [a, b] = await pair()
+    try {
+      connect(a, b)
+      connect(b, a)
+      subscribed(b, a)
+      subscribed(a, b)
+      await until('b has a', () => b.store.get(`node/${a.id}`) !== undefined)
+      await until('a has b', () => a.store.get(`node/${b.id}`) !== undefined)
+      await sleep(400) // past the connect fallback
+      assert.deepEqual(a.dials, [b.id.toString()])
+      assert.deepEqual(b.dials, [])
+    } finally {
+      await stop(a, b)
+    }
+  })
+
+  it('the larger id runs its own for a record it wrote after answering and before the subscription', async () => {
+    const [a, b] = await pair()
+    try {
+      connect(a, b)
+      connect(b, a)
+      subscribed(a, b) // a's session runs; b has not yet seen a subscribe
+      await until('b has a', () => b.store.get(`node/${a.id}`) !== undefined)
+      await sleep(20)
+      await b.store.put(`label/${b.id}`, { zone: 'kitchen' })
+      subscribed(b, a)
+      await until('a has the label', () => a.store.get(`label/${b.id}`) !== undefined)
+      assert.deepEqual(b.dials, [a.id.toString()])
+    } finally {
+      await stop(a, b)
+    }
+  })
+
+  it('the larger id runs one at the fallback when the smaller starts none', async () => {
+    const [a, b] = await pair()
+    try {
+      connect(b, a)
+      subscribed(b, a)
+      await sleep(100)
+      assert.deepEqual(b.dials, [])
+      await until('a has b', () => a.store.get(`node/${b.id}`) !== undefined)
+      assert.deepEqual(b.dials, [a.id.toString()])
+    } finally {
+      await stop(a, b)
+    }
+  })
+})
+
+describe('ownSessionNeeded', () => {
+  it('only once both are known, and only for a write at or after the answered digest', () => {
+    assert.equal(ownSessionNeeded({ subscribed: false, answeredAt: 10, lastLocalWrite: 20 }), false)
+    assert.equal(ownSessionNeeded({ subscribed: true, lastLocalWrite: 20 }), false)
+    assert.equal(ownSessionNeeded({ subscribed: true, answeredAt: 10, lastLocalWrite: 9 }), false)
+    assert.equal(ownSessionNeeded({ subscribed: true, answeredAt: 10, lastLocalWrite: 10 }), true)
+    assert.equal(ownSessionNeeded({ subscribed: true, answeredAt: 10, lastLocalWrite: 20 }), true)
+  })
+})
