@@ -65,24 +65,13 @@ export function startsRound(self: string, peer: string): boolean {
 /** See `#onConnect`. */
 export const CONNECT_SYNC_MS = 2_000
 
-/** What the side of a new connection that does not start sessions knows of it (see `ownSessionNeeded`). */
-export interface JoinView {
-  /** This node has seen the peer subscribe to the state topic: its local writes reach the peer by gossip. */
-  subscribed: boolean
-  /** When this node took its digest for the session it answered on this connection; undefined before one. */
-  answeredAt?: number
-  /** When this node last wrote a record of its own (ms; 0 for never). */
-  lastLocalWrite: number
-}
-
 /**
- * Whether the side of a new connection that leaves the session to its peer (`startsRound` false) must run one
- * of its own. The peer's session carries everything up to the digest this node answered it with, and gossip
- * everything this node writes once it knows the peer subscribed; a record of this node's own written between
- * the two reached neither, and only then is a second session worth its cost.
+ * The connected peers a gossiped record did not reach: gossipsub sends only to peers it knows subscribed
+ * and has an outbound stream to, and both come a moment after a connection.
  */
-export function ownSessionNeeded(v: JoinView): boolean {
-  return v.subscribed && v.answeredAt !== undefined && v.lastLocalWrite >= v.answeredAt
+export function unreached(connected: string[], recipients: string[]): string[] {
+  const reached = new Set(recipients)
+  return connected.filter((peer) => !reached.has(peer))
 }
 
 export interface ReplicationStats {
@@ -107,9 +96,6 @@ export class Replication {
   readonly #again = new Set<string>()
   /** When the last session with each peer ended well, as initiator or responder (ms). */
   readonly #synced = new Map<string, number>()
-  /** For each connection's peer whose sessions the peer starts: what `ownSessionNeeded` decides on. */
-  readonly #joining = new Map<string, Omit<JoinView, 'lastLocalWrite'>>()
-  #lastLocalWrite = 0
   readonly #stats: ReplicationStats = {
     published: 0,
     syncSessions: 0,
@@ -136,11 +122,14 @@ export class Replication {
     pubsub.subscribe(STATE_TOPIC)
     this.#unsubscribe = store.onChange((change) => {
       if (change.origin !== 'local') return
-      this.#lastLocalWrite = Date.now()
       this.#stats.published++
-      pubsub.publish(STATE_TOPIC, encodeRecord(change.record)).catch((err) => {
-        this.#log.debug({ err: errorMessage(err) }, 'publishing a record failed; anti-entropy will carry it')
-      })
+      pubsub.publish(STATE_TOPIC, encodeRecord(change.record)).then(
+        ({ recipients }) => this.#catchUp(recipients),
+        (err) => {
+          this.#log.debug({ err: errorMessage(err) }, 'publishing a record failed; sessions will carry it')
+          this.#catchUp([])
+        },
+      )
     })
     await libp2p.handle(SYNC_PROTOCOL, (stream, connection) => this.#respond(stream, connection.remotePeer), {
       maxInboundStreams: 4,
@@ -191,7 +180,6 @@ export class Replication {
   readonly #onConnect = (evt: CustomEvent<PeerId>): void => {
     const peer = evt.detail
     const since = Date.now()
-    this.#joining.set(peer.toString(), { subscribed: false })
     const timer = setTimeout(() => {
       if (!this.#started || (this.#synced.get(peer.toString()) ?? 0) >= since) return
       if (this.#isConnected(peer)) void this.syncWith(peer)
@@ -203,31 +191,29 @@ export class Replication {
    * Gossip reaches only peers known to have subscribed, and a peer's subscription arrives a moment after
    * its connection. A record written in between (every node writes its own record as it starts) would
    * wait for the 30 s round; a session when the subscription arrives carries it at once. One session per
-   * pair does, both ways: the side with the smaller id starts it, as it starts the rounds; the other runs one
-   * only for what that session cannot have carried (`ownSessionNeeded`). Two sessions per pair were ~3 % of
-   * the CPU of ten agents starting together, which is what the start of a cluster waits on (docs/state.md).
+   * pair does, both ways: the side with the smaller id starts it, as it starts the rounds. Records this
+   * node writes while a peer is not yet reached by gossip go by a session of their own (`#catchUp`). Two
+   * sessions per pair were ~3 % of the CPU of ten agents starting together, which is what the start of a
+   * cluster waits on (docs/state.md).
    */
   readonly #onSubscriptionChange = (evt: CustomEvent<SubscriptionChangeData>): void => {
     if (!evt.detail.subscriptions.some((s) => s.topic === STATE_TOPIC && s.subscribe)) return
     const peer = evt.detail.peerId
-    const key = peer.toString()
-    if (startsRound(this.#init.libp2p.peerId.toString(), key)) return void this.syncWith(peer)
-    const join = this.#joining.get(key) ?? { subscribed: false }
-    join.subscribed = true
-    this.#joining.set(key, join)
-    this.#followUp(peer)
+    if (startsRound(this.#init.libp2p.peerId.toString(), peer.toString())) void this.syncWith(peer)
   }
 
   /**
-   * Once both are known, the peer's subscription and the session it started: runs this node's own session
-   * when `ownSessionNeeded` says so. Until then nothing; should the peer start none, `#onConnect` runs one.
+   * A record of this node's own that gossip did not hand to every connected peer (one whose subscription or
+   * gossip stream is not there yet, right after a connection; a peer whose gossip never subscribed) goes to
+   * the others by a session now, not at the next round: `km1s push` on one node and `km1s pull` on a node
+   * that just restarted must not wait 30 s. A burst of writes costs one session more per peer at most
+   * (`syncWith` runs one again after the one in flight).
    */
-  #followUp(peer: PeerId): void {
-    const key = peer.toString()
-    const join = this.#joining.get(key)
-    if (!join?.subscribed || join.answeredAt === undefined) return
-    this.#joining.delete(key)
-    if (ownSessionNeeded({ ...join, lastLocalWrite: this.#lastLocalWrite })) void this.syncWith(peer)
+  #catchUp(recipients: PeerId[]): void {
+    if (!this.#started) return
+    const peers = this.#init.libp2p.getPeers()
+    const missed = new Set(unreached(peers.map(String), recipients.map(String)))
+    for (const peer of peers) if (missed.has(peer.toString())) void this.syncWith(peer)
   }
 
   /** Gossip: one record per message; valid and newer → applied and forwarded, else not forwarded. */
@@ -314,18 +300,12 @@ export class Replication {
       if (first.t !== 'digest') throw this.#garbage(key, 'expected a digest frame')
       const theirs = decodeDigest(new Uint8Array(Buffer.from(first.d, 'base64')))
       if (!theirs) throw this.#garbage(key, 'a digest of the wrong size')
-      const digestAt = Date.now()
       const buckets = diffDigests(this.#init.store.digest(), theirs)
       await send({ t: 'diff', b: buckets })
       await this.#sendBuckets(buckets, send)
       await this.#receiveRecords(read, key)
       await stream.close({ signal })
       this.#synced.set(key, Date.now())
-      const join = this.#joining.get(key)
-      if (join && join.answeredAt === undefined) {
-        join.answeredAt = digestAt
-        this.#followUp(remote)
-      }
     } catch (err) {
       stream.abort(err instanceof Error ? err : new Error(String(err)))
       if (!this.#controller.signal.aborted)

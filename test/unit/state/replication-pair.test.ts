@@ -1,18 +1,13 @@
 // Two replications with real stores joined by in-memory streams: one session per new connection, started
-// by the side with the smaller id, carries both sides' records; the other side runs its own only for a record
-// it wrote after answering and before it knew the peer had subscribed (ownSessionNeeded).
+// by the side with the smaller id, carries both sides' records; a record written while gossip does not reach a
+// connected peer yet goes to it by a session of its own (unreached).
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import type { PeerId, Stream } from '@libp2p/interface'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { streamPair } from '@libp2p/utils'
-import {
-  ownSessionNeeded,
-  Replication,
-  type ReplicationInit,
-  STATE_TOPIC,
-} from '../../../src/state/replication.ts'
+import { Replication, type ReplicationInit, STATE_TOPIC, unreached } from '../../../src/state/replication.ts'
 import type { Store } from '../../../src/state/store.ts'
 import { info, silent, tempStore } from '../membership/fixtures.ts'
 
@@ -28,6 +23,8 @@ interface Side {
   dials: string[]
   handler?: Handler
   peers: PeerId[]
+  /** Whether the fake gossip names every connected peer as a recipient (it delivers nothing either way). */
+  gossipReaches: boolean
 }
 
 async function side(): Promise<Side> {
@@ -47,7 +44,7 @@ async function side(): Promise<Side> {
   s.pubsub = Object.assign(new EventTarget(), {
     subscribe: () => {},
     unsubscribe: () => {},
-    publish: async () => ({ recipients: [] }),
+    publish: async () => ({ recipients: s.gossipReaches ? [...s.peers] : [] }),
     topicValidators: new Map(),
   })
   return s
@@ -124,7 +121,7 @@ describe('replication: one session per new connection', () => {
     }
   })
 
-  it('the larger id runs its own for a record it wrote after answering and before the subscription', async () => {
+  it('a record written before gossip reaches the peer goes to it by a session at once', async () => {
     const [a, b] = await pair()
     try {
       connect(a, b)
@@ -136,6 +133,23 @@ describe('replication: one session per new connection', () => {
       subscribed(b, a)
       await until('a has the label', () => a.store.get(`label/${b.id}`) !== undefined)
       assert.deepEqual(b.dials, [a.id.toString()])
+    } finally {
+      await stop(a, b)
+    }
+  })
+
+  it('a record that gossip reached every connected peer with starts no session', async () => {
+    const [a, b] = await pair()
+    try {
+      connect(a, b)
+      connect(b, a)
+      subscribed(a, b)
+      subscribed(b, a)
+      await until('b has a', () => b.store.get(`node/${a.id}`) !== undefined)
+      b.gossipReaches = true
+      await b.store.put(`label/${b.id}`, { zone: 'kitchen' })
+      await sleep(400)
+      assert.deepEqual(b.dials, [])
     } finally {
       await stop(a, b)
     }
@@ -156,12 +170,10 @@ describe('replication: one session per new connection', () => {
   })
 })
 
-describe('ownSessionNeeded', () => {
-  it('only once both are known, and only for a write at or after the answered digest', () => {
-    assert.equal(ownSessionNeeded({ subscribed: false, answeredAt: 10, lastLocalWrite: 20 }), false)
-    assert.equal(ownSessionNeeded({ subscribed: true, lastLocalWrite: 20 }), false)
-    assert.equal(ownSessionNeeded({ subscribed: true, answeredAt: 10, lastLocalWrite: 9 }), false)
-    assert.equal(ownSessionNeeded({ subscribed: true, answeredAt: 10, lastLocalWrite: 10 }), true)
-    assert.equal(ownSessionNeeded({ subscribed: true, answeredAt: 10, lastLocalWrite: 20 }), true)
+describe('unreached', () => {
+  it('is the connected peers that are not among the recipients, in their order', () => {
+    assert.deepEqual(unreached(['a', 'b', 'c'], ['b']), ['a', 'c'])
+    assert.deepEqual(unreached(['a', 'b'], ['b', 'a', 'x']), [])
+    assert.deepEqual(unreached([], ['a']), [])
   })
 })
