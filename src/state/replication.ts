@@ -1,7 +1,7 @@
 // Replication of the store between nodes: every local write published on gossipsub, and an anti-entropy
-// session (sync-frames.ts) on every new connection and every 30 s unless the peer's heartbeat says its
-// digest equals ours, because gossip alone loses messages across a split. Everything from the network
-// passes Store.applyRemote; nothing here trusts a peer.
+// session (sync-frames.ts) on every new connection, for every connected peer a local write's gossip did not
+// reach, and every 30 s unless the peer's heartbeat says its digest equals ours, because gossip alone loses
+// messages across a split. Everything from the network passes Store.applyRemote; nothing here trusts a peer.
 import type { GossipSub, Message, SubscriptionChangeData } from '@libp2p/gossipsub'
 import { TopicValidatorResult } from '@libp2p/gossipsub'
 import type { Libp2p, PeerId, Stream } from '@libp2p/interface'
