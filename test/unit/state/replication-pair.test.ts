@@ -39,7 +39,6 @@ async function side(): Promise<Side> {
     },
     unhandle: async () => {},
     getPeers: () => s.peers,
-    getConnections: () => [],
   })
   s.pubsub = Object.assign(new EventTarget(), {
     subscribe: () => {},
