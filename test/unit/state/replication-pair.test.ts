@@ -98,16 +98,26 @@ async function until(what: string, ok: () => boolean): Promise<void> {
   assert.ok(ok(), what)
 }
 
-async function stop(...sides: Side[]): Promise<void> {
-  for (const s of sides) await s.replication.stop()
+/** `body` on a new pair, both stopped after it. */
+async function withPair(body: (a: Side, b: Side) => Promise<void>): Promise<void> {
+  const [a, b] = await pair()
+  try {
+    await body(a, b)
+  } finally {
+    for (const s of [a, b]) await s.replication.stop()
+  }
+}
+
+/** Both sides see the connection. */
+function joined(a: Side, b: Side): void {
+  connect(a, b)
+  connect(b, a)
 }
 
 describe('replication: one session per new connection', () => {
-  it('the smaller id starts it, it carries both ways, and the other side starts none', async () => {
-    const [a, b] = await pair()
-    try {
-      connect(a, b)
-      connect(b, a)
+  it('the smaller id starts it, it carries both ways, and the other side starts none', () =>
+    withPair(async (a, b) => {
+      joined(a, b)
       subscribed(b, a)
       subscribed(a, b)
       await until('b has a', () => b.store.get(`node/${a.id}`) !== undefined)
@@ -115,16 +125,11 @@ describe('replication: one session per new connection', () => {
       await sleep(400) // past the connect fallback
       assert.deepEqual(a.dials, [b.id.toString()])
       assert.deepEqual(b.dials, [])
-    } finally {
-      await stop(a, b)
-    }
-  })
+    }))
 
-  it('a record written before gossip reaches the peer goes to it by a session at once', async () => {
-    const [a, b] = await pair()
-    try {
-      connect(a, b)
-      connect(b, a)
+  it('a record written before gossip reaches the peer goes to it by a session at once', () =>
+    withPair(async (a, b) => {
+      joined(a, b)
       subscribed(a, b) // a's session runs; b has not yet seen a subscribe
       await until('b has a', () => b.store.get(`node/${a.id}`) !== undefined)
       await sleep(20)
@@ -132,16 +137,11 @@ describe('replication: one session per new connection', () => {
       subscribed(b, a)
       await until('a has the label', () => a.store.get(`label/${b.id}`) !== undefined)
       assert.deepEqual(b.dials, [a.id.toString()])
-    } finally {
-      await stop(a, b)
-    }
-  })
+    }))
 
-  it('a record that gossip reached every connected peer with starts no session', async () => {
-    const [a, b] = await pair()
-    try {
-      connect(a, b)
-      connect(b, a)
+  it('a record that gossip reached every connected peer with starts no session', () =>
+    withPair(async (a, b) => {
+      joined(a, b)
       subscribed(a, b)
       subscribed(b, a)
       await until('b has a', () => b.store.get(`node/${a.id}`) !== undefined)
@@ -149,24 +149,17 @@ describe('replication: one session per new connection', () => {
       await b.store.put(`label/${b.id}`, { zone: 'kitchen' })
       await sleep(400)
       assert.deepEqual(b.dials, [])
-    } finally {
-      await stop(a, b)
-    }
-  })
+    }))
 
-  it('the larger id runs one at the fallback when the smaller starts none', async () => {
-    const [a, b] = await pair()
-    try {
+  it('the larger id runs one at the fallback when the smaller starts none', () =>
+    withPair(async (a, b) => {
       connect(b, a)
       subscribed(b, a)
       await sleep(100)
       assert.deepEqual(b.dials, [])
       await until('a has b', () => a.store.get(`node/${b.id}`) !== undefined)
       assert.deepEqual(b.dials, [a.id.toString()])
-    } finally {
-      await stop(a, b)
-    }
-  })
+    }))
 })
 
 describe('unreached', () => {
