@@ -69,9 +69,9 @@ export const CONNECT_SYNC_MS = 2_000
  * The connected peers a gossiped record did not reach: gossipsub sends only to peers it knows subscribed
  * and has an outbound stream to, and both come a moment after a connection.
  */
-export function unreached(connected: string[], recipients: string[]): string[] {
-  const reached = new Set(recipients)
-  return connected.filter((peer) => !reached.has(peer))
+export function unreached<P extends { toString(): string }>(connected: P[], recipients: P[]): P[] {
+  const reached = new Set(recipients.map(String))
+  return connected.filter((peer) => !reached.has(peer.toString()))
 }
 
 export interface ReplicationStats {
@@ -211,9 +211,7 @@ export class Replication {
    */
   #catchUp(recipients: PeerId[]): void {
     if (!this.#started) return
-    const peers = this.#init.libp2p.getPeers()
-    const missed = new Set(unreached(peers.map(String), recipients.map(String)))
-    for (const peer of peers) if (missed.has(peer.toString())) void this.syncWith(peer)
+    for (const peer of unreached(this.#init.libp2p.getPeers(), recipients)) void this.syncWith(peer)
   }
 
   /** Gossip: one record per message; valid and newer → applied and forwarded, else not forwarded. */
