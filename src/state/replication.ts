@@ -96,6 +96,10 @@ export class Replication {
   readonly #again = new Set<string>()
   /** When the last session with each peer ended well, as initiator or responder (ms). */
   readonly #synced = new Map<string, number>()
+  /** Sessions each peer started with this node that have not ended yet. */
+  readonly #answering = new Map<string, number>()
+  /** When each peer's current connection opened (ms). */
+  readonly #connectedAt = new Map<string, number>()
   readonly #stats: ReplicationStats = {
     published: 0,
     syncSessions: 0,
@@ -172,17 +176,19 @@ export class Replication {
   }
 
   /**
-   * A new connection is synced when the peer's subscription arrives (below), a moment later, by both sides;
-   * a session is two-way, so a third and fourth at connect only repeated them (~4 % of the CPU of ten agents
-   * starting together: docs/state.md). Should no session with the peer have ended by CONNECT_SYNC_MS (its
-   * gossip never subscribed), one runs then.
+   * A new connection is synced when the peer's subscription arrives (below), a moment later, by the side
+   * with the smaller id; a session is two-way, so more at connect only repeated it (~4 % of the CPU of ten
+   * agents starting together: docs/state.md). Should that side have had no session with the peer by
+   * CONNECT_SYNC_MS (its gossip never heard the subscription), it runs one then.
    */
   readonly #onConnect = (evt: CustomEvent<PeerId>): void => {
     const peer = evt.detail
+    const key = peer.toString()
     const since = Date.now()
+    this.#connectedAt.set(key, since)
+    if (!startsRound(this.#init.libp2p.peerId.toString(), key)) return
     const timer = setTimeout(() => {
-      if (!this.#started || (this.#synced.get(peer.toString()) ?? 0) >= since) return
-      if (this.#isConnected(peer)) void this.syncWith(peer)
+      if (this.#started && !this.#covered(key, since) && this.#isConnected(peer)) void this.syncWith(peer)
     }, this.#init.connectSyncMs ?? CONNECT_SYNC_MS)
     timer.unref()
   }
@@ -190,16 +196,26 @@ export class Replication {
   /**
    * Gossip reaches only peers known to have subscribed, and a peer's subscription arrives a moment after
    * its connection. A record written in between (every node writes its own record as it starts) would
-   * wait for the 30 s round; a session when the subscription arrives carries it at once. One session per
-   * pair does, both ways: the side with the smaller id starts it, as it starts the rounds. Records this
-   * node writes while a peer is not yet reached by gossip go by a session of their own (`#catchUp`). Two
-   * sessions per pair were ~3 % of the CPU of ten agents starting together, which is what the start of a
-   * cluster waits on (docs/state.md).
+   * wait for the 30 s round; a session when the subscription arrives carries it at once, unless one since
+   * the connection already has or is under way. One session per pair does, both ways: the side with the
+   * smaller id starts it, as it starts the rounds. Records this node writes while a peer is not yet reached
+   * by gossip go by a session of their own (`#catchUp`). Two sessions per pair were ~3 % of the CPU of ten
+   * agents starting together, which is what the start of a cluster waits on (docs/state.md); with twenty,
+   * whose subscriptions come seconds late, the fallback at connect ran on both sides as well, three per pair.
    */
   readonly #onSubscriptionChange = (evt: CustomEvent<SubscriptionChangeData>): void => {
     if (!evt.detail.subscriptions.some((s) => s.topic === STATE_TOPIC && s.subscribe)) return
     const peer = evt.detail.peerId
-    if (startsRound(this.#init.libp2p.peerId.toString(), peer.toString())) void this.syncWith(peer)
+    const key = peer.toString()
+    if (!startsRound(this.#init.libp2p.peerId.toString(), key)) return
+    if (!this.#covered(key, this.#connectedAt.get(key) ?? 0)) void this.syncWith(peer)
+  }
+
+  /** Whether a session with `key` is under way, either way, or one ended at or after `since` (ms). */
+  #covered(key: string, since: number): boolean {
+    return (
+      this.#inFlight.has(key) || (this.#answering.get(key) ?? 0) > 0 || (this.#synced.get(key) ?? 0) >= since
+    )
   }
 
   /**
@@ -286,6 +302,7 @@ export class Replication {
 
   async #respond(stream: Stream, remote: PeerId): Promise<void> {
     const key = remote.toString()
+    this.#answering.set(key, (this.#answering.get(key) ?? 0) + 1)
     const signal = AbortSignal.any([
       this.#controller.signal,
       AbortSignal.timeout(this.#init.sessionTimeoutMs ?? 20_000),
@@ -308,6 +325,10 @@ export class Replication {
       stream.abort(err instanceof Error ? err : new Error(String(err)))
       if (!this.#controller.signal.aborted)
         this.#log.debug({ peer: key, err: errorMessage(err) }, 'sync session failed')
+    } finally {
+      const n = (this.#answering.get(key) ?? 1) - 1
+      if (n > 0) this.#answering.set(key, n)
+      else this.#answering.delete(key)
     }
   }
 

@@ -151,14 +151,18 @@ describe('replication: one session per new connection', () => {
       assert.deepEqual(b.dials, [])
     }))
 
-  it('the larger id runs one at the fallback when the smaller starts none', () =>
+  it('without subscriptions only the smaller id runs one, at the fallback; a late subscription adds none', () =>
     withPair(async (a, b) => {
-      connect(b, a)
-      subscribed(b, a)
+      joined(a, b)
       await sleep(100)
-      assert.deepEqual(b.dials, [])
+      assert.deepEqual([...a.dials, ...b.dials], [])
       await until('a has b', () => a.store.get(`node/${b.id}`) !== undefined)
-      assert.deepEqual(b.dials, [a.id.toString()])
+      assert.ok(b.store.get(`node/${a.id}`), 'the session carried both ways')
+      subscribed(a, b)
+      subscribed(b, a)
+      await sleep(400)
+      assert.deepEqual(a.dials, [b.id.toString()])
+      assert.deepEqual(b.dials, [])
     }))
 })
 
