@@ -112,10 +112,13 @@ export class Replication {
   #timer: GridTimer | undefined
   #unsubscribe: (() => void) | undefined
   #started = false
+  /** This node's peer id, for `startsRound`. */
+  readonly #self: string
 
   constructor(init: ReplicationInit) {
     this.#init = init
     this.#log = init.logger.child({ subsystem: 'state' })
+    this.#self = init.libp2p.peerId.toString()
   }
 
   async start(): Promise<void> {
@@ -140,11 +143,10 @@ export class Replication {
     })
     libp2p.addEventListener('peer:connect', this.#onConnect)
     pubsub.addEventListener('subscription-change', this.#onSubscriptionChange)
-    const self = libp2p.peerId.toString()
     this.#timer = onGrid(this.#init.syncIntervalMs ?? 30_000, () => {
       for (const peer of libp2p.getPeers()) {
         const key = peer.toString()
-        if (!startsRound(self, key)) continue
+        if (!startsRound(this.#self, key)) continue
         // In an idle 10-node lab a round cost each agent ~30 socket writes (strace), for nothing.
         if (this.#init.inSync?.(key)) this.#stats.roundsSkipped++
         else void this.syncWith(peer)
@@ -186,7 +188,7 @@ export class Replication {
     const key = peer.toString()
     const since = Date.now()
     this.#connectedAt.set(key, since)
-    if (!startsRound(this.#init.libp2p.peerId.toString(), key)) return
+    if (!startsRound(this.#self, key)) return
     const timer = setTimeout(() => {
       if (this.#started && !this.#covered(key, since) && this.#isConnected(peer)) void this.syncWith(peer)
     }, this.#init.connectSyncMs ?? CONNECT_SYNC_MS)
@@ -207,7 +209,7 @@ export class Replication {
     if (!evt.detail.subscriptions.some((s) => s.topic === STATE_TOPIC && s.subscribe)) return
     const peer = evt.detail.peerId
     const key = peer.toString()
-    if (!startsRound(this.#init.libp2p.peerId.toString(), key)) return
+    if (!startsRound(this.#self, key)) return
     if (!this.#covered(key, this.#connectedAt.get(key) ?? 0)) void this.syncWith(peer)
   }
 
