@@ -145,6 +145,158 @@ async function bareCrun() {
   }
 }
 
+// The floor: what the issue's required parts cost when done by hand, with nothing of km1s — per container
+// one small shell script that makes a pause (`unshare` + `catatonit -P`, holding new network, UTS and IPC
+// namespaces, the hostname set), the veth on a bridge and the container's address and route (two `ip`
+// batches, the host side through `nsenter` as km1s's pause does: `ip -n` would mount the name in a private
+// mount namespace), writes the config joining the pause's namespaces, and execs the same `crun run -d` as
+// the bare runs. No logs, no supervisor, no records, no overlap of the network with crun: a lower bound on
+// the work any implementation of the issue pays here, beside which km1s's own share can be read.
+const FLOOR_GATEWAY = '10.42.9.1'
+const FLOOR_SCRIPT = [
+  'b=$1; id=$2; addr=$3; veth=$4; hostns=$5; ns=$6; shift 6',
+  `p=$(unshare --net --uts --ipc /bin/sh -c 'echo floor > /proc/sys/kernel/hostname && echo $$ && exec catatonit -P >/dev/null 2>&1 </dev/null' &)`,
+  '[ -n "$p" ] || exit 1',
+  'echo "$p" > "$b/pause.pid"',
+  `printf 'netns attach %s %s\\nlink add %s type veth peer name eth0 netns %s\\nlink set dev %s master km1s0 up\\n' "$ns" "$p" "$veth" "$p" "$veth" | nsenter --net="/run/netns/$hostns" ip -batch - || exit 2`,
+  `printf 'link set dev lo up\\naddr add %s/24 dev eth0\\nlink set dev eth0 up\\nroute add default via ${FLOOR_GATEWAY}\\n' "$addr" | ip -n "$ns" -batch - || exit 3`,
+  // The config with the pause's pid in its three namespace paths, assembled by builtins.
+  '{ printf %s "$C1" "$p" "$C2" "$p" "$C3" "$p" "$C4"; } > "$b/config.json" || exit 4',
+  'exec "$@"',
+].join('\n')
+interface FloorContainer {
+  n: number
+  id: string
+  dir: string
+  env: Record<string, string>
+}
+
+async function floorRuns() {
+  const oci = await detectOciRuntime()
+  if (oci.binary === null) throw new Error(`no OCI runtime: ${oci.reason}`)
+  const base = `/tmp/km1s-bench-floor-${process.pid}`
+  const hostns = `km1s-bfloor-${process.pid}`
+  await prepareBase(base)
+  const made: FloorContainer[] = []
+  const netns = (n: number) => `${hostns}-${n}`
+  const ip = (...a: string[]) => execFileSync('ip', a, { stdio: 'ignore' })
+  ip('netns', 'add', hostns)
+  ip('-n', hostns, 'link', 'add', 'km1s0', 'type', 'bridge')
+  ip('-n', hostns, 'addr', 'add', `${FLOOR_GATEWAY}/24`, 'dev', 'km1s0')
+  ip('-n', hostns, 'link', 'set', 'km1s0', 'up')
+  let count = 0
+  const prepare = (): FloorContainer => {
+    const n = count++
+    const id = `km1s-bench-floor-${process.pid}-${n}`
+    const dir = join(base, id)
+    mkdirSync(dir)
+    const config = JSON.stringify(
+      ociConfig({
+        container: 'floor',
+        process: 'main',
+        args: ['/bin/sleep', '600'],
+        limits: { memoryBytes: 16 * MiB, pids: 16 },
+        rootfs: join(base, 'rootfs'),
+        hostname: 'floor',
+        systemPaths: presentSystemPaths(),
+        files: {
+          hosts: join(base, 'hosts'),
+          hostname: join(base, 'hostname'),
+          resolvConf: join(base, 'resolv.conf'),
+        },
+        namespaces: { network: '/proc/@PID@/ns/net', uts: '/proc/@PID@/ns/uts', ipc: '/proc/@PID@/ns/ipc' },
+        cgroupsPath: `/${id}`,
+      }),
+    )
+    const [C1, C2, C3, C4] = config.split('@PID@') as [string, string, string, string]
+    const c = {
+      n,
+      id,
+      dir,
+      env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', C1, C2, C3, C4 },
+    }
+    made.push(c)
+    return c
+  }
+  const run = (c: FloorContainer) =>
+    new Promise<number>((resolve, reject) => {
+      const argv = [
+        c.dir,
+        c.id,
+        `10.42.9.${(c.n % 250) + 2}`,
+        `kbf${process.pid % 100000}x${c.n}`.slice(0, 15),
+        hostns,
+        netns(c.n),
+        ...oci.wrapper,
+        oci.binary as string,
+        'run',
+        '-d',
+        '--bundle',
+        c.dir,
+        c.id,
+      ]
+      const t = performance.now()
+      // Files, not pipes: the detached container inherits crun's stdio (as for bare crun).
+      const err = openSync(join(c.dir, 'stderr'), 'w')
+      const child = spawn('/bin/sh', ['-c', FLOOR_SCRIPT, 'km1s-bench-floor', ...argv], {
+        env: c.env,
+        stdio: ['ignore', 'ignore', err],
+      })
+      closeSync(err)
+      child.on('exit', (code) => {
+        const ms = performance.now() - t
+        code === 0
+          ? resolve(ms)
+          : reject(new Error(`floor ${c.id} exited ${code}: ${readFileSync(join(c.dir, 'stderr'), 'utf8')}`))
+      })
+    })
+  const remove = (c: FloorContainer) => {
+    const [df, ...da] = [...oci.wrapper, oci.binary as string, 'delete', '-f', c.id]
+    spawnSync(df as string, da, { stdio: 'ignore' })
+    try {
+      process.kill(Number(readFileSync(join(c.dir, 'pause.pid'), 'utf8')), 'SIGKILL')
+    } catch {
+      // never made, or gone
+    }
+    spawnSync('ip', ['netns', 'del', netns(c.n)], { stdio: 'ignore' })
+    rmSync(c.dir, { recursive: true, force: true })
+    made.splice(made.indexOf(c), 1)
+  }
+  return {
+    async once(): Promise<number> {
+      const c = prepare()
+      try {
+        return await run(c)
+      } finally {
+        remove(c)
+      }
+    },
+    async row(): Promise<number[]> {
+      const cs = Array.from({ length: BATCH }, prepare)
+      const times: number[] = []
+      try {
+        for (const c of cs) times.push(await run(c))
+      } finally {
+        cs.forEach(remove)
+      }
+      return times
+    },
+    async batch(): Promise<number[]> {
+      const cs = Array.from({ length: BATCH }, prepare)
+      try {
+        return await Promise.all(cs.map(run))
+      } finally {
+        cs.forEach(remove)
+      }
+    },
+    close(): void {
+      for (const c of [...made]) remove(c)
+      spawnSync('ip', ['netns', 'del', hostns], { stdio: 'ignore' })
+      rmSync(base, { recursive: true, force: true })
+    },
+  }
+}
+
 /**
  * What keeps the containers going outside the agent — shims, waiting `crun run`s, pause processes — as
  * PSS (shared library pages divided among their users; RSS would count libc once per process).
@@ -172,9 +324,12 @@ async function latencies(): Promise<{
   bare: { run: number[]; stop: number[] }
   bareRow: number[]
   bareBatch: number[]
+  floor: { single: number[]; row: number[]; batch: number[] }
   km1s: { single: number[]; row: number[]; batch: number[]; stop: number[]; leftovers: number }
 }> {
   const bare = await bareCrun()
+  const floor = await floorRuns()
+  const f = { single: [] as number[], row: [] as number[], batch: [] as number[] }
   const h = await runtimeHarness('oci')
   const b = { run: [] as number[], stop: [] as number[] }
   const bareRow: number[] = []
@@ -186,12 +341,14 @@ async function latencies(): Promise<{
   try {
     // Warm-up: the first create pays for the bridge and the caches; the first bare run for its own.
     bare.once(-1)
+    await floor.once()
     await h.runtime.create(spec('warm'))
     await h.runtime.remove('warm')
     for (let i = 0; i < SINGLE_RUNS; i++) {
       const one = bare.once(i)
       b.run.push(one.run)
       b.stop.push(one.stop)
+      f.single.push(await floor.once())
       const t = performance.now()
       const s = await h.runtime.create(spec(`one-${i}`))
       single.push(performance.now() - t)
@@ -202,6 +359,7 @@ async function latencies(): Promise<{
     }
     for (let r = 0; r < BATCH_RUNS; r++) {
       bareRow.push(...bare.row(r))
+      f.row.push(...(await floor.row()))
       const names = Array.from({ length: BATCH }, (_, i) => `r${r}-${i}`)
       for (const n of names) {
         const t = performance.now()
@@ -213,6 +371,7 @@ async function latencies(): Promise<{
     }
     for (let r = 0; r < BATCH_RUNS; r++) {
       bareBatch.push(...(await bare.batch(r)))
+      f.batch.push(...(await floor.batch()))
       const names = Array.from({ length: BATCH }, (_, i) => `b${r}-${i}`)
       await Promise.all(
         names.map(async (n) => {
@@ -226,10 +385,11 @@ async function latencies(): Promise<{
     }
   } finally {
     bare.close()
+    floor.close()
     await h.destroy()
   }
   const left = Object.values(census(h.instance, h.dir, undefined)).flat().length
-  return { bare: b, bareRow, bareBatch, km1s: { single, row, batch, stop, leftovers: left } }
+  return { bare: b, bareRow, bareBatch, floor: f, km1s: { single, row, batch, stop, leftovers: left } }
 }
 
 async function agentMemory(): Promise<{
@@ -271,7 +431,7 @@ async function main(): Promise<void> {
   log(
     `runtime benchmark (${quick ? 'quick' : 'full'}): ${SINGLE_RUNS} single creates, ${BATCH_RUNS}× ${BATCH} in a row, ${BATCH_RUNS}× ${BATCH} at once`,
   )
-  const { bare, bareRow, bareBatch, km1s: k } = await latencies()
+  const { bare, bareRow, bareBatch, floor, km1s: k } = await latencies()
   log(
     `bare crun: p50 ${percentile(bare.run, 50).toFixed(1)} ms; km1s: p50 ${percentile(k.single, 50).toFixed(1)} ms`,
   )
@@ -321,6 +481,28 @@ async function main(): Promise<void> {
       unit: 'ms',
       baseline: percentile(bareBatch, 99),
     },
+    // The floor (floorRuns) against bare crun, then km1s against the floor: what the required parts cost
+    // by themselves, and what km1s adds to them.
+    ...(
+      [
+        ['1 at a time', floor.single, bare.run, k.single],
+        [`${BATCH} in a row`, floor.row, bareRow, k.row],
+        [`${BATCH} at once`, floor.batch, bareBatch, k.batch],
+      ] as const
+    ).flatMap(([what, byHand, bareTimes, km1sTimes]) => [
+      {
+        metric: `required parts by hand p50, ${what} (vs bare)`,
+        value: percentile([...byHand], 50),
+        unit: 'ms',
+        baseline: percentile([...bareTimes], 50),
+      },
+      {
+        metric: `km1s p50, ${what} (vs by hand)`,
+        value: percentile([...km1sTimes], 50),
+        unit: 'ms',
+        baseline: percentile([...byHand], 50),
+      },
+    ]),
     {
       metric: 'stop+remove p50 (TERM; sleep exits at once)',
       value: percentile(k.stop, 50),
@@ -347,7 +529,7 @@ async function main(): Promise<void> {
     started,
     quick,
     rows,
-    raw: { bare, bareRow, bareBatch, km1s: k, memory: mem },
+    raw: { bare, bareRow, bareBatch, floor, km1s: k, memory: mem },
   })
   log(`\nwrote ${file}`)
 }
