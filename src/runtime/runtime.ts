@@ -105,6 +105,8 @@ const CATATONIT = '/usr/bin/catatonit'
 const PAUSE_LIMITS = { memoryBytes: 16 * 1024 * 1024, pids: 8 }
 /** The shims and `crun run` processes of one container: small, but not worth an OOM kill of a supervisor. */
 const SHIM_LIMITS = { memoryBytes: 512 * 1024 * 1024, pids: 4096 }
+/** The supervisors' cgroup stays out of v1's memory hierarchy (cgroups.ts, HierarchyChoice). */
+const SHIM_HIERARCHIES = { memory: false }
 const START_WAIT_MS = 5_000
 /** In the run directory; `_` first: the sweep takes no name that starts with it for a container's. */
 const CRUN_NS_FILE = '_crun.mnt'
@@ -588,7 +590,8 @@ export class ContainerRuntime implements Runtime {
       const request = this.#pauseRequest(spec.name, spec.hostname ?? spec.name, fifos, ctr.record.ip)
       ctr.pauseRequest = request.catch(() => undefined)
     }
-    if (this.#cgroups) ctr.shimCgroup = this.#cgroups.ensure(this.#names.shimCgroup(spec.name), SHIM_LIMITS)
+    if (this.#cgroups)
+      ctr.shimCgroup = this.#cgroups.ensure(this.#names.shimCgroup(spec.name), SHIM_LIMITS, SHIM_HIERARCHIES)
     ctr.shimCgroup.catch(() => {})
     try {
       await Promise.all([
@@ -1196,7 +1199,7 @@ export class ContainerRuntime implements Runtime {
           // that runs some); a lone one keeps the per-run wrapper rather than make it on its critical path
           // (`unshare` and `umount`, ~4 ms) and drop it again with its container.
           const [shimDirs, pauseRequest, crunNs] = await Promise.all([
-            cgroups.limitDirs(shimPath),
+            cgroups.limitDirs(shimPath, SHIM_HIERARCHIES),
             request,
             this.#containers.size > 1 ? this.#useCrunNamespace() : undefined,
           ])
@@ -1265,13 +1268,16 @@ export class ContainerRuntime implements Runtime {
       let configGated = false
       if (this.kind === 'oci') {
         if (!proc.cgroupReady) {
-          await Promise.all([cgroups.ensure(path, proc.spec.limits), cgroups.ensure(shimPath, SHIM_LIMITS)])
+          await Promise.all([
+            cgroups.ensure(path, proc.spec.limits),
+            cgroups.ensure(shimPath, SHIM_LIMITS, SHIM_HIERARCHIES),
+          ])
           proc.cgroupReady = true
         }
         // A new container's process has no OOM kills, no memory peak and no OCI state yet.
         const [oom, shimDirs] = await Promise.all([
           gated ? 0 : cgroups.oomKills(path),
-          cgroups.limitDirs(shimPath),
+          cgroups.limitDirs(shimPath, SHIM_HIERARCHIES),
           gated ? undefined : resetPeak(cgroups, path),
           gated ? undefined : this.#deleteOciState((other) => other === id),
         ])

@@ -248,6 +248,17 @@ describe('cgroups on a fake tree', () => {
     for (const h of ['memory', 'cpu,cpuacct', 'pids'])
       await rm(join(v1, h, 'km1s-fresh'), { recursive: true })
 
+    // Supervisors stay out of the memory hierarchy: no directory there, and none to move into.
+    await cg.ensure('/km1s-sup/c/_shim', { memoryBytes: 8 * MiB, pids: 8 }, { memory: false })
+    await assert.rejects(stat(join(v1, 'memory/km1s-sup')), { code: 'ENOENT' })
+    assert.equal(await read('pids/km1s-sup/c/_shim/pids.max'), '8')
+    assert.deepEqual(await cg.limitDirs('/km1s-sup/c/_shim', { memory: false }), [
+      join(v1, 'cpu,cpuacct/km1s-sup/c/_shim'),
+      join(v1, 'pids/km1s-sup/c/_shim'),
+    ])
+    assert.equal((await cg.limitDirs('/km1s-sup/c/_shim')).length, 3)
+    for (const h of ['cpu,cpuacct', 'pids']) await rm(join(v1, h, 'km1s-sup'), { recursive: true })
+
     // The count of a kill lives in the killed process's cgroup: the subtree is summed.
     await mkdir(join(mem, OCI_LEAF))
     await writeFile(join(mem, 'memory.oom_control'), 'oom_kill_disable 0\nunder_oom 0\noom_kill 0\n')
