@@ -298,6 +298,15 @@ async function floorRuns() {
 }
 
 /**
+ * The memory hierarchy's cgroups, dying ones included (v1 and hybrid; null elsewhere): those the kernel
+ * still holds after their removal show up here and nowhere else.
+ */
+function memoryCgroups(): number | null {
+  const line = /^memory\s+(\d+)\s+(\d+)/m.exec(readFileSync('/proc/cgroups', 'utf8'))
+  return line === null || line[1] === '0' ? null : Number(line[2])
+}
+
+/**
  * What keeps the containers going outside the agent — shims, waiting `crun run`s, pause processes — as
  * PSS (shared library pages divided among their users; RSS would count libc once per process).
  */
@@ -325,12 +334,20 @@ async function latencies(): Promise<{
   bareRow: number[]
   bareBatch: number[]
   floor: { single: number[]; row: number[]; batch: number[] }
-  km1s: { single: number[]; row: number[]; batch: number[]; stop: number[]; leftovers: number }
+  km1s: {
+    single: number[]
+    row: number[]
+    batch: number[]
+    stop: number[]
+    leftovers: number
+    dyingMemcgsPerContainer: number
+  }
 }> {
   const bare = await bareCrun()
   const floor = await floorRuns()
   const f = { single: [] as number[], row: [] as number[], batch: [] as number[] }
   const h = await runtimeHarness('oci')
+  const memcgsBefore = memoryCgroups()
   const b = { run: [] as number[], stop: [] as number[] }
   const bareRow: number[] = []
   const bareBatch: number[] = []
@@ -389,7 +406,17 @@ async function latencies(): Promise<{
     await h.destroy()
   }
   const left = Object.values(census(h.instance, h.dir, undefined)).flat().length
-  return { bare: b, bareRow, bareBatch, floor: f, km1s: { single, row, batch, stop, leftovers: left } }
+  await new Promise((r) => setTimeout(r, 2000))
+  const memcgs = memoryCgroups()
+  const made = SINGLE_RUNS + 1 + 2 * BATCH_RUNS * BATCH
+  const dying = memcgs === null || memcgsBefore === null ? Number.NaN : (memcgs - memcgsBefore) / made
+  return {
+    bare: b,
+    bareRow,
+    bareBatch,
+    floor: f,
+    km1s: { single, row, batch, stop, leftovers: left, dyingMemcgsPerContainer: dying },
+  }
 }
 
 async function agentMemory(): Promise<{
@@ -523,6 +550,12 @@ async function main(): Promise<void> {
       unit: 'MiB',
     },
     { metric: 'leftovers after the latency runs', value: k.leftovers, unit: 'resources', target: '0' },
+    {
+      metric: 'memory cgroups left per container (dying ones)',
+      value: k.dyingMemcgsPerContainer,
+      unit: 'cgroups',
+      target: '0',
+    },
   ]
   printRows('km1s runtime (oci) vs bare crun run -d', rows)
   const file = writeJson('runtime', {
