@@ -56,13 +56,22 @@ const V2_CONTROLLERS = ['memory', 'pids', 'cpu'] as const
 const V1_CONTROLLERS = ['memory', 'cpu', 'pids'] as const
 
 /**
- * `memory: false` — on v1 (and hybrid), not in the memory hierarchy at all: for the supervisors of a
- * container (shims and their `crun run`s). A memory cgroup in which crun makes the container's cgroups
- * stays behind as a dying cgroup after its removal (measured: ~1 per container created and removed, where
- * outside it none); they are then accounted where the agent is. On v2 there is one hierarchy: ignored.
+ * `memory: false` — outside the memory accounting of its own: for the supervisors of containers (shims and
+ * their `crun run`s). A memory cgroup in which crun makes a container's cgroups stays behind as a dying
+ * cgroup after its removal (measured on v1: ~1 per container created and removed, where outside it none).
+ * v1 and hybrid: not in the memory hierarchy at all (accounted where the agent is). v2: the parent does not
+ * hand the memory controller down, so the cgroup is accounted in its parent's — `/<prefix>/_shims`, made
+ * once (names.ts); not measured, this VM's cgroup2 has no memory controller.
  */
 export interface HierarchyChoice {
   memory?: boolean
+}
+
+/** v2: asks the kernel to reclaim all a cgroup holds (best effort; nothing when it has no memory files). */
+async function reclaimAll(dir: string): Promise<void> {
+  const current = await readNumber(join(dir, 'memory.current'))
+  if (current === null || current <= 0) return
+  await writeFile(join(dir, 'memory.reclaim'), String(current)).catch(() => {})
 }
 
 function v1Controllers(opts: HierarchyChoice): readonly (typeof V1_CONTROLLERS)[number][] {
@@ -223,7 +232,7 @@ export class Cgroups {
     const wanted = validateCgroupLimits(limits)
     const started = performance.now()
     const h = await this.hierarchies()
-    if (h.layout === 'v2' && h.unified !== null) await this.#ensureV2(h.unified, path, wanted)
+    if (h.layout === 'v2' && h.unified !== null) await this.#ensureV2(h.unified, path, wanted, opts)
     else if (h.layout === 'v1' || h.layout === 'hybrid') await this.#ensureV1(h, path, wanted, opts)
     else
       throw new Km1sError(
@@ -364,12 +373,15 @@ export class Cgroups {
     const perHierarchy = await Promise.all(
       tops.map(async (top) => {
         const stayed: string[] = []
-        const memory = top.startsWith(`${h.v1.get('memory') ?? '\0'}/`)
+        const v1Memory = top.startsWith(`${h.v1.get('memory') ?? '\0'}/`)
+        const v2 = h.layout === 'v2' && top.startsWith(`${h.unified}/`)
         for (const dir of await subtree(top)) {
-          // v1 leaves the pages charged to a removed memory cgroup there, and the kernel keeps the dying
-          // cgroup until they are reclaimed: measured here, ~1 per container created and removed, which
-          // costs kernel memory and, in the end, memory cgroup ids (at most 65,535). Emptied first, it goes.
-          if (memory) await writeFile(join(dir, 'memory.force_empty'), '0').catch(() => {})
+          // The kernel keeps a removed memory cgroup, dying, while pages are still charged to it: measured
+          // on v1, ~1 per container created and removed, which costs kernel memory and, in the end, memory
+          // cgroup ids (at most 65,535). Emptied first, it goes. v2 has no force_empty: memory.reclaim
+          // (Linux 5.19) of what it holds — not measured here.
+          if (v1Memory) await writeFile(join(dir, 'memory.force_empty'), '0').catch(() => {})
+          if (v2) await reclaimAll(dir)
           if (!(await this.#rmdir(path, dir))) stayed.push(dir)
         }
         return stayed
@@ -470,7 +482,12 @@ export class Cgroups {
     }
   }
 
-  async #ensureV2(unified: string, path: string, limits: CgroupLimits): Promise<void> {
+  async #ensureV2(
+    unified: string,
+    path: string,
+    limits: CgroupLimits,
+    opts: HierarchyChoice = {},
+  ): Promise<void> {
     const available = new Set((await readText(join(unified, 'cgroup.controllers'))).split(/\s+/))
     const missing = V2_CONTROLLERS.filter((c) => !available.has(c))
     if (missing.includes('memory'))
@@ -486,12 +503,15 @@ export class Cgroups {
       )
     await this.#mkdir(join(unified, path))
     const enabled = new Set(V2_CONTROLLERS.filter((c) => available.has(c)))
-    // Enable from the root down: a controller can only be enabled where the parent enabled it.
+    // Enable from the root down: a controller can only be enabled where the parent enabled it. Without
+    // memory (opts), the parent does not hand memory down: the cgroup is accounted in its parent's.
     const parts = path.split('/').filter((p) => p !== '')
+    const withMemory = opts.memory !== false
     for (let depth = 0; depth < parts.length; depth++) {
       const dir = join(unified, ...parts.slice(0, depth))
       const on = new Set((await readText(join(dir, 'cgroup.subtree_control'))).split(/\s+/))
-      const toEnable = [...enabled].filter((c) => !on.has(c))
+      const last = depth === parts.length - 1
+      const toEnable = [...enabled].filter((c) => !on.has(c) && (withMemory || !last || c !== 'memory'))
       if (toEnable.length === 0) continue
       try {
         await writeFile(join(dir, 'cgroup.subtree_control'), toEnable.map((c) => `+${c}`).join(' '))
@@ -517,8 +537,10 @@ export class Cgroups {
         `The memory cgroup controller could not be enabled under ${unified}; check that nothing else manages that tree.`,
       )
     const dir = join(unified, path)
-    await this.#write(join(dir, 'memory.max'), String(limits.memoryBytes))
-    if (await exists(join(dir, 'memory.swap.max'))) await this.#write(join(dir, 'memory.swap.max'), '0')
+    if (withMemory) {
+      await this.#write(join(dir, 'memory.max'), String(limits.memoryBytes))
+      if (await exists(join(dir, 'memory.swap.max'))) await this.#write(join(dir, 'memory.swap.max'), '0')
+    }
     if (enabled.has('cpu')) await this.#write(join(dir, 'cpu.max'), v2CpuMax(limits.cpuMillicores))
     if (enabled.has('pids')) await this.#write(join(dir, 'pids.max'), String(limits.pids))
   }

@@ -4,6 +4,8 @@ import { createHash } from 'node:crypto'
 import { join } from 'node:path'
 
 export const INSTANCE_PATTERN = /^[0-9a-f]{6}$/
+/** The instance's cgroup of the containers' supervisors, one child per container (`_`: never a container). */
+export const SHIMS_CGROUP = '_shims'
 
 /** The instance id of a node: 6 hex characters of its peer id's hash, stable across restarts. */
 export function instanceId(peerId: string): string {
@@ -42,7 +44,7 @@ export class RuntimeNames {
     return { container, process }
   }
 
-  /** The cgroup of the container: its processes, its pause process, the shims. */
+  /** The cgroup of the container: its processes and its pause process (the shims: shimCgroup). */
   containerCgroup(container: string): string {
     return `/${this.prefix}/${container}`
   }
@@ -57,8 +59,12 @@ export class RuntimeNames {
     return `/${this.prefix}/${container}/_pause`
   }
 
+  /**
+   * The container's supervisors (shims and their `crun run`s): beside the containers, under `_shims`,
+   * not inside the container's own cgroup — outside its memory accounting (cgroups.ts, HierarchyChoice).
+   */
   shimCgroup(container: string): string {
-    return `/${this.prefix}/${container}/_shim`
+    return `/${this.prefix}/${SHIMS_CGROUP}/${container}`
   }
 
   containerDir(container: string): string {

@@ -41,7 +41,7 @@ import {
 } from './exit.ts'
 import { prepareRootfs, presentSystemPaths } from './host.ts'
 import { makeFifo, ProcessLog, readLogs } from './logs.ts'
-import type { RuntimeNames } from './names.ts'
+import { type RuntimeNames, SHIMS_CGROUP } from './names.ts'
 import {
   DEFAULT_GID,
   DEFAULT_PATH_ENV,
@@ -983,6 +983,7 @@ export class ContainerRuntime implements Runtime {
   async #removeResources(name: string, pausePid: number | null): Promise<void> {
     if (this.#cgroups) {
       await this.#cgroups.remove(this.#names.containerCgroup(name))
+      await this.#cgroups.remove(this.#names.shimCgroup(name))
     }
     if (pausePid !== null && processAlive(pausePid)) killQuietly(pausePid, 'SIGKILL')
     if (this.kind === 'oci') {
@@ -1036,7 +1037,9 @@ export class ContainerRuntime implements Runtime {
     for (const c of await readdir(n.logDir).catch(() => [] as string[])) names.add(c)
     if (this.#cgroups) {
       for (const path of await this.#cgroups.list(n.prefix)) {
-        const c = path.split('/')[2]
+        // `/<prefix>/<container>/…`, or `/<prefix>/_shims/<container>` (names.ts shimCgroup).
+        const [, , first, second] = path.split('/')
+        const c = first === SHIMS_CGROUP ? second : first
         if (c) names.add(c)
       }
     }

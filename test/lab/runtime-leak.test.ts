@@ -7,7 +7,7 @@ import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { vethName } from '../../src/network/container-net.ts'
-import { instanceId } from '../../src/runtime/names.ts'
+import { instanceId, SHIMS_CGROUP } from '../../src/runtime/names.ts'
 import { km1s, km1sOk, startAgent } from './cluster.ts'
 import { createLab, type Lab, type LabNode } from './lab.ts'
 import { census, isRoot, sleep, until } from './runtime-fixture.ts'
@@ -115,13 +115,22 @@ describe('runtime leak test: kill -9 during create and remove', {
       wanted.flatMap((w) => [`${inst}-${w}.main`, `${inst}-${w}.side`]).sort(),
       'OCI state',
     )
+    // Containers' cgroups, and their supervisors' beside them under `_shims` (names.ts shimCgroup).
     const cgroupContainers = new Set<string>()
+    const shimCgroups = new Set<string>()
+    const subdirs = (dir: string) =>
+      readdirSync(dir, { withFileTypes: true })
+        .filter((e) => e.isDirectory())
+        .map((e) => e.name)
     for (const hierarchy of new Set(c.cgroups.map((p) => p.split('/')[0]))) {
       const dir = `/sys/fs/cgroup/${hierarchy}/${inst}`
-      for (const e of readdirSync(dir, { withFileTypes: true }))
-        if (e.isDirectory()) cgroupContainers.add(e.name)
+      for (const name of subdirs(dir)) {
+        if (name === SHIMS_CGROUP) for (const s of subdirs(join(dir, name))) shimCgroups.add(s)
+        else cgroupContainers.add(name)
+      }
     }
     assert.deepEqual([...cgroupContainers].sort(), wanted, 'cgroups')
+    assert.deepEqual([...shimCgroups].sort(), wanted, 'supervisor cgroups')
     // One namespace mount per container, and the mount namespace new containers' cruns share (detect.ts
     // makeCrunNamespace) while any container is wanted.
     const netnsMounts = c.mounts.filter((m) => !m.includes('/_crun.mnt '))

@@ -201,6 +201,13 @@ describe('cgroups on a fake tree', () => {
     await writeFile(join(v2, 'km1s-x/c/p/memory.events'), 'low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n')
     assert.equal(await cg.oomKills('/km1s-x/c/p'), 1)
     assert.equal(await cg.oomKills('/km1s-x/c/none'), 0)
+
+    // A supervisors' cgroup: its parent hands no memory down, and no memory limit is written.
+    await mkdir(join(v2, 'km1s-x/_shims/c'), { recursive: true })
+    await cg.ensure('/km1s-x/_shims/c', { memoryBytes: 8 * MiB, pids: 8 }, { memory: false })
+    assert.equal(await read('km1s-x/_shims/cgroup.subtree_control'), '+pids')
+    await assert.rejects(read('km1s-x/_shims/c/memory.max'), { code: 'ENOENT' })
+    assert.equal(await read('km1s-x/_shims/c/pids.max'), '8')
   })
 
   it('v2 without a memory controller refuses', async () => {
@@ -249,14 +256,14 @@ describe('cgroups on a fake tree', () => {
       await rm(join(v1, h, 'km1s-fresh'), { recursive: true })
 
     // Supervisors stay out of the memory hierarchy: no directory there, and none to move into.
-    await cg.ensure('/km1s-sup/c/_shim', { memoryBytes: 8 * MiB, pids: 8 }, { memory: false })
+    await cg.ensure('/km1s-sup/_shims/c', { memoryBytes: 8 * MiB, pids: 8 }, { memory: false })
     await assert.rejects(stat(join(v1, 'memory/km1s-sup')), { code: 'ENOENT' })
-    assert.equal(await read('pids/km1s-sup/c/_shim/pids.max'), '8')
-    assert.deepEqual(await cg.limitDirs('/km1s-sup/c/_shim', { memory: false }), [
-      join(v1, 'cpu,cpuacct/km1s-sup/c/_shim'),
-      join(v1, 'pids/km1s-sup/c/_shim'),
+    assert.equal(await read('pids/km1s-sup/_shims/c/pids.max'), '8')
+    assert.deepEqual(await cg.limitDirs('/km1s-sup/_shims/c', { memory: false }), [
+      join(v1, 'cpu,cpuacct/km1s-sup/_shims/c'),
+      join(v1, 'pids/km1s-sup/_shims/c'),
     ])
-    assert.equal((await cg.limitDirs('/km1s-sup/c/_shim')).length, 3)
+    assert.equal((await cg.limitDirs('/km1s-sup/_shims/c')).length, 3)
     for (const h of ['cpu,cpuacct', 'pids']) await rm(join(v1, h, 'km1s-sup'), { recursive: true })
 
     // The count of a kill lives in the killed process's cgroup: the subtree is summed.
