@@ -31,23 +31,30 @@ const spec = (name: string) => ({
   processes: [{ name: 'main', args: ['/bin/sleep', '600'], limits: { memoryBytes: 16 * MiB, pids: 16 } }],
 })
 
-/** A read-only root with the host's system paths, new namespaces, the same limits as km1s's. */
-function bareConfig(base: string, id: string): string {
+/**
+ * A read-only root with the host's system paths, the same limits as km1s's, and new namespaces (bare crun)
+ * or the ones `namespaces` names (the floor's, joined from its pause).
+ */
+function benchConfig(
+  base: string,
+  id: string,
+  namespaces: { network: string; uts: string; ipc: string } = { network: 'new', uts: 'new', ipc: 'new' },
+): string {
   return JSON.stringify(
     ociConfig({
-      container: 'bare',
+      container: 'bench',
       process: 'main',
       args: ['/bin/sleep', '600'],
       limits: { memoryBytes: 16 * MiB, pids: 16 },
       rootfs: join(base, 'rootfs'),
-      hostname: 'bare',
+      hostname: 'bench',
       systemPaths: presentSystemPaths(),
       files: {
         hosts: join(base, 'hosts'),
         hostname: join(base, 'hostname'),
         resolvConf: join(base, 'resolv.conf'),
       },
-      namespaces: { network: 'new', uts: 'new', ipc: 'new' },
+      namespaces,
       cgroupsPath: `/${id}`,
     }),
   )
@@ -75,7 +82,7 @@ async function bareCrun() {
     Array.from({ length: BATCH }, (_, i) => {
       const id = `km1s-bench-${what}-${process.pid}-${i}`
       mkdirSync(join(base, id))
-      writeFileSync(join(base, id, 'config.json'), bareConfig(base, id))
+      writeFileSync(join(base, id, 'config.json'), benchConfig(base, id))
       return id
     })
   const deleteAll = (ids: string[]): void => {
@@ -88,7 +95,7 @@ async function bareCrun() {
   return {
     once(i: number): { run: number; stop: number } {
       const id = `km1s-bench-bare-${process.pid}-${i}`
-      writeFileSync(join(base, 'config.json'), bareConfig(base, id))
+      writeFileSync(join(base, 'config.json'), benchConfig(base, id))
       const [file, ...args] = argv('run', '-d', '--bundle', base, id)
       let t = performance.now()
       // Files, not pipes: the detached container inherits crun's stdio and would hold a pipe open forever.
@@ -190,24 +197,11 @@ async function floorRuns() {
     const id = `km1s-bench-floor-${process.pid}-${n}`
     const dir = join(base, id)
     mkdirSync(dir)
-    const config = JSON.stringify(
-      ociConfig({
-        container: 'floor',
-        process: 'main',
-        args: ['/bin/sleep', '600'],
-        limits: { memoryBytes: 16 * MiB, pids: 16 },
-        rootfs: join(base, 'rootfs'),
-        hostname: 'floor',
-        systemPaths: presentSystemPaths(),
-        files: {
-          hosts: join(base, 'hosts'),
-          hostname: join(base, 'hostname'),
-          resolvConf: join(base, 'resolv.conf'),
-        },
-        namespaces: { network: '/proc/@PID@/ns/net', uts: '/proc/@PID@/ns/uts', ipc: '/proc/@PID@/ns/ipc' },
-        cgroupsPath: `/${id}`,
-      }),
-    )
+    const config = benchConfig(base, id, {
+      network: '/proc/@PID@/ns/net',
+      uts: '/proc/@PID@/ns/uts',
+      ipc: '/proc/@PID@/ns/ipc',
+    })
     const [C1, C2, C3, C4] = config.split('@PID@') as [string, string, string, string]
     const c = {
       n,
