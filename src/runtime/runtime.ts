@@ -103,9 +103,11 @@ type ContainerRecord = z.output<typeof ContainerRecord>
 
 const CATATONIT = '/usr/bin/catatonit'
 const PAUSE_LIMITS = { memoryBytes: 16 * 1024 * 1024, pids: 8 }
-/** The shims and `crun run` processes of one container: small, but not worth an OOM kill of a supervisor. */
+/**
+ * The shims and `crun run` processes of one container: a pids limit only. They stay outside memory
+ * accounting of their own (cgroups.ts, HierarchyChoice), so `memoryBytes` is not applied.
+ */
 const SHIM_LIMITS = { memoryBytes: 512 * 1024 * 1024, pids: 4096 }
-/** The supervisors' cgroup stays out of v1's memory hierarchy (cgroups.ts, HierarchyChoice). */
 const SHIM_HIERARCHIES = { memory: false }
 const START_WAIT_MS = 5_000
 /** In the run directory; `_` first: the sweep takes no name that starts with it for a container's. */
@@ -982,8 +984,10 @@ export class ContainerRuntime implements Runtime {
 
   async #removeResources(name: string, pausePid: number | null): Promise<void> {
     if (this.#cgroups) {
-      await this.#cgroups.remove(this.#names.containerCgroup(name))
-      await this.#cgroups.remove(this.#names.shimCgroup(name))
+      await Promise.all([
+        this.#cgroups.remove(this.#names.containerCgroup(name)),
+        this.#cgroups.remove(this.#names.shimCgroup(name)),
+      ])
     }
     if (pausePid !== null && processAlive(pausePid)) killQuietly(pausePid, 'SIGKILL')
     if (this.kind === 'oci') {
