@@ -11,7 +11,7 @@ import { instanceId } from '../../src/runtime/names.ts'
 import { ociConfig } from '../../src/runtime/oci.ts'
 import { client, km1sOk, startAgent } from '../../test/lab/cluster.ts'
 import { createLab } from '../../test/lab/lab.ts'
-import { census, runtimeHarness } from '../../test/lab/runtime-fixture.ts'
+import { census, memoryCgroupCount, runtimeHarness } from '../../test/lab/runtime-fixture.ts'
 import { percentile, printRows, type Row, writeJson } from './report.ts'
 
 const quick = process.argv.includes('--quick')
@@ -292,15 +292,6 @@ async function floorRuns() {
 }
 
 /**
- * The memory hierarchy's cgroups, dying ones included (v1 and hybrid; null elsewhere): those the kernel
- * still holds after their removal show up here and nowhere else.
- */
-function memoryCgroups(): number | null {
-  const line = /^memory\s+(\d+)\s+(\d+)/m.exec(readFileSync('/proc/cgroups', 'utf8'))
-  return line === null || line[1] === '0' ? null : Number(line[2])
-}
-
-/**
  * What keeps the containers going outside the agent — shims, waiting `crun run`s, pause processes — as
  * PSS (shared library pages divided among their users; RSS would count libc once per process).
  */
@@ -341,7 +332,7 @@ async function latencies(): Promise<{
   const floor = await floorRuns()
   const f = { single: [] as number[], row: [] as number[], batch: [] as number[] }
   const h = await runtimeHarness('oci')
-  const memcgsBefore = memoryCgroups()
+  const memcgsBefore = memoryCgroupCount()
   const b = { run: [] as number[], stop: [] as number[] }
   const bareRow: number[] = []
   const bareBatch: number[] = []
@@ -401,7 +392,7 @@ async function latencies(): Promise<{
   }
   const left = Object.values(census(h.instance, h.dir, undefined)).flat().length
   await new Promise((r) => setTimeout(r, 2000))
-  const memcgs = memoryCgroups()
+  const memcgs = memoryCgroupCount()
   const made = SINGLE_RUNS + 1 + 2 * BATCH_RUNS * BATCH
   const dying = memcgs === null || memcgsBefore === null ? Number.NaN : (memcgs - memcgsBefore) / made
   return {

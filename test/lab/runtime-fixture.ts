@@ -145,6 +145,15 @@ function readdirSafe(dir: string): string[] {
   }
 }
 
+/**
+ * The memory hierarchy's cgroups, dying ones included (v1 and hybrid; null where there is none): the
+ * cgroups the kernel still holds after their removal show up here and nowhere else.
+ */
+export function memoryCgroupCount(): number | null {
+  const line = /^memory\s+(\d+)\s+(\d+)/m.exec(readFileSync('/proc/cgroups', 'utf8'))
+  return line === null || line[1] === '0' ? null : Number(line[2])
+}
+
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms))
 }

@@ -2,13 +2,21 @@
 // through the runtime's own interface. Then, for `oci` only and as root, the isolation and limits.
 import assert from 'node:assert/strict'
 import { existsSync, readFileSync } from 'node:fs'
-import { chmod, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises'
+import { chmod, mkdir, rename, rm, writeFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { createLogger } from '../../src/common/logger.ts'
 import { startExec } from '../../src/runtime/exec.ts'
 import type { ContainerSpecInput, ContainerStatus, LogEntry, Runtime } from '../../src/runtime/types.ts'
-import { census, isRoot, type RuntimeHarness, runtimeHarness, sleep, until } from './runtime-fixture.ts'
+import {
+  census,
+  isRoot,
+  memoryCgroupCount,
+  type RuntimeHarness,
+  runtimeHarness,
+  sleep,
+  until,
+} from './runtime-fixture.ts'
 
 const NODE_DIR = resolve(import.meta.dirname, '../../node_modules/node/bin')
 const silent = createLogger({ level: 'silent' })
@@ -471,12 +479,7 @@ describe('runtime oci: isolation and limits', { skip: isRoot ? false : 'needs ro
   })
 
   it('leaves no dying memory cgroups: containers made and removed cost the kernel nothing after', async (t) => {
-    // /proc/cgroups counts a hierarchy's cgroups, the dying ones (removed, still held by the kernel) too.
-    const count = async () => {
-      const line = /^memory\s+(\d+)\s+(\d+)/m.exec(await readFile('/proc/cgroups', 'utf8'))
-      return line === null || line[1] === '0' ? null : Number(line[2])
-    }
-    const before = await count()
+    const before = memoryCgroupCount()
     if (before === null) return t.skip('no v1 memory hierarchy here')
     for (let i = 0; i < 10; i++) {
       await rt.create(one(`memcg${i}`, ['/bin/sh', '-c', 'exec sleep 600']))
@@ -485,12 +488,12 @@ describe('runtime oci: isolation and limits', { skip: isRoot ? false : 'needs ro
     // Measured before the fix: ~2.5 per container (the supervisors' and the process's memory cgroups).
     const after = await until(
       'the memory cgroups released',
-      async () => {
-        const n = await count()
+      () => {
+        const n = memoryCgroupCount()
         return n !== null && n - before <= 2 ? n : undefined
       },
       3_000,
-    ).catch(async () => count())
+    ).catch(() => memoryCgroupCount())
     assert.ok(
       after !== null && after - before <= 2,
       `${(after ?? 0) - before} more memory cgroups after 10 containers`,
