@@ -10,6 +10,14 @@ import { type ConnectionEvents, type HeartbeatBus, Membership } from '../../../s
 import { type NodeValue, Store, type WireRecord } from '../../../src/state/index.ts'
 
 export const silent = pino({ level: 'silent' })
+
+/**
+ * A replication round period for tests that count sessions. Rounds run on the wall-clock grid
+ * (common/grid.ts): with the default 30 s, a test that ran across a :00 or :30 saw a round's session too
+ * (CI, stop 23). Grid points 20 days apart never fall inside a test; a timer longer than 2^31 ms would fire
+ * at once.
+ */
+export const NO_ROUNDS_MS = 20 * 24 * 3600_000
 const cleanups: Array<() => Promise<unknown>> = []
 after(async () => {
   for (const fn of cleanups.reverse()) await fn().catch(() => undefined)

@@ -11,6 +11,7 @@ import {
   startsRound,
 } from '../../../src/state/replication.ts'
 import type { Store } from '../../../src/state/store.ts'
+import { NO_ROUNDS_MS } from '../membership/fixtures.ts'
 
 function fakePeer(id: string): PeerId {
   return { toString: () => id, equals: (o: unknown) => String(o) === id } as unknown as PeerId
@@ -43,7 +44,7 @@ function setup(syncIntervalMs?: number, inSync?: (peer: string) => boolean) {
     pubsub: pubsub as unknown as ReplicationInit['pubsub'],
     logger: createLogger({ level: 'silent' }),
     connectSyncMs: 60,
-    ...(syncIntervalMs ? { syncIntervalMs } : {}),
+    syncIntervalMs: syncIntervalMs ?? NO_ROUNDS_MS,
     ...(inSync ? { inSync } : {}),
   })
   return { libp2p, pubsub, replication, dials, peers }

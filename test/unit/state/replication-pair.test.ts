@@ -9,7 +9,7 @@ import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { streamPair } from '@libp2p/utils'
 import { Replication, type ReplicationInit, STATE_TOPIC, unreached } from '../../../src/state/replication.ts'
 import type { Store } from '../../../src/state/store.ts'
-import { info, silent, tempStore } from '../membership/fixtures.ts'
+import { info, NO_ROUNDS_MS, silent, tempStore } from '../membership/fixtures.ts'
 
 type Handler = (stream: Stream, connection: { remotePeer: PeerId }) => void
 
@@ -71,6 +71,7 @@ async function pair(): Promise<[Side, Side]> {
       pubsub: me.pubsub as unknown as ReplicationInit['pubsub'],
       logger: silent,
       connectSyncMs: 300,
+      syncIntervalMs: NO_ROUNDS_MS,
     })
     await me.replication.start()
     await me.store.put(`node/${me.id}`, info(me === a ? 'a' : 'b'))
