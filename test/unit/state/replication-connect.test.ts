@@ -17,6 +17,9 @@ function fakePeer(id: string): PeerId {
   return { toString: () => id, equals: (o: unknown) => String(o) === id } as unknown as PeerId
 }
 
+/** Long enough that a loaded machine does not reach it between a connect and the test's first look. */
+const CONNECT_SYNC_MS = 150
+
 function setup(syncIntervalMs?: number, inSync?: (peer: string) => boolean) {
   const peers: PeerId[] = []
   const dials: string[] = []
@@ -43,7 +46,7 @@ function setup(syncIntervalMs?: number, inSync?: (peer: string) => boolean) {
     libp2p: libp2p as unknown as ReplicationInit['libp2p'],
     pubsub: pubsub as unknown as ReplicationInit['pubsub'],
     logger: createLogger({ level: 'silent' }),
-    connectSyncMs: 60,
+    connectSyncMs: CONNECT_SYNC_MS,
     syncIntervalMs: syncIntervalMs ?? NO_ROUNDS_MS,
     ...(inSync ? { inSync } : {}),
   })
@@ -71,13 +74,21 @@ async function connected(id: string) {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
+/** Polls for `ok` for up to 2 s: a loaded test machine may run a timer late, never early. */
+async function until(ok: () => boolean): Promise<void> {
+  for (let i = 0; i < 200 && !ok(); i++) await sleep(10)
+}
+
 describe('replication: sessions with a new peer', () => {
   it('a connection alone gets its session only after the fallback delay', async () => {
+    const since = performance.now()
     const { replication, dials } = await connected('peer-a')
     try {
       await sleep(20)
       assert.deepEqual(dials, [], 'no session at connect')
-      await sleep(80)
+      await until(() => dials.length > 0)
+      assert.ok(performance.now() - since >= CONNECT_SYNC_MS - 1, 'not before the fallback delay')
+      await sleep(50)
       assert.deepEqual(dials, ['peer-a'], 'one session after the fallback delay')
     } finally {
       await replication.stop()
@@ -88,10 +99,9 @@ describe('replication: sessions with a new peer', () => {
     const { pubsub, replication, dials, peer } = await connected('peer-b')
     try {
       subscribed(pubsub, peer, STATE_TOPIC)
-      await sleep(5)
       assert.deepEqual(dials, ['peer-b'])
       // The session failed, so the fallback still runs one: a failed session is no session.
-      await sleep(100)
+      await until(() => dials.length > 1)
       assert.deepEqual(dials, ['peer-b', 'peer-b'])
     } finally {
       await replication.stop()
