@@ -26,6 +26,7 @@ import {
   type PreparedExec,
   type Runtime,
 } from '../../../src/runtime/types.ts'
+import { until } from '../until.ts'
 
 const silent = pino({ level: 'silent' })
 const ROOT = resolve(import.meta.dirname, '../../..')
@@ -123,16 +124,6 @@ class FakeRuntime implements Runtime {
         this.cleanups++
       },
     }
-  }
-}
-
-async function until<T>(what: string, f: () => T | undefined | false, ms = 5_000): Promise<T> {
-  const deadline = Date.now() + ms
-  for (;;) {
-    const v = f()
-    if (v) return v
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`)
-    await new Promise((r) => setTimeout(r, 10))
   }
 }
 

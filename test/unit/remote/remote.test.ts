@@ -19,6 +19,7 @@ import {
   RemoteFrame,
 } from '../../../src/remote/index.ts'
 import type { ContainerStatus, LogEntry, LogQuery, Runtime } from '../../../src/runtime/types.ts'
+import { until } from '../until.ts'
 
 const log = pino({ level: 'silent' })
 
@@ -142,14 +143,6 @@ const node = () =>
     connectionEncrypters: [noise()],
     streamMuxers: [yamux()],
   })
-
-async function until(what: string, ok: () => boolean, ms = 5_000, everyMs = 20): Promise<void> {
-  const deadline = Date.now() + ms
-  while (!ok()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((r) => setTimeout(r, everyMs))
-  }
-}
 
 describe('remote between two nodes', () => {
   let a: Libp2p

@@ -22,6 +22,7 @@ import { hybridWrapper } from '../../../src/runtime/detect.ts'
 import { ociConfig, withStartGate } from '../../../src/runtime/oci.ts'
 import { pauseCommand, pauseEnv, pauseFailure, pauseStages } from '../../../src/runtime/pause.ts'
 import { gateArgv, gatedCommand, shimArgv, waitForPidFile } from '../../../src/runtime/shim.ts'
+import { until } from '../until.ts'
 
 /**
  * Holds a FIFO open from now on, as the agent's log reader does, and checks later what was written to it.
@@ -49,11 +50,6 @@ function fifoReader(path: string): { expect(text: string): void } {
 const PATH = '/usr/local/bin:/usr/bin:/bin'
 const dir = mkdtempSync(join(tmpdir(), 'km1s-createpath-'))
 after(() => rmSync(dir, { recursive: true, force: true }))
-
-async function until(ok: () => boolean): Promise<void> {
-  for (let i = 0; i < 200 && !ok(); i++) await new Promise((r) => setTimeout(r, 10))
-  assert.ok(ok())
-}
 
 function run(argv: string[], input?: string): { status: number | null; out: string } {
   const r = spawnSync(argv[0] as string, argv.slice(1), {
@@ -221,7 +217,7 @@ describe('start gate (createRuntime hook)', () => {
     const done = holder(fifo, ready, true, 'pipe')
     await new Promise((resolve) => done.stdout?.once('data', resolve))
     done.stdin?.end('go\n')
-    await until(() => existsSync(ready))
+    await until('the ready file', () => existsSync(ready), 2_000)
     assert.equal(run(hookArgv(`/proc/${done.pid}/fd/6`, fifo, ready)).status, 0)
     done.kill('SIGKILL')
   })

@@ -23,6 +23,7 @@ import {
   utf8Cut,
 } from '../../../src/runtime/logs.ts'
 import type { LogEntry, LogQuery } from '../../../src/runtime/types.ts'
+import { until } from '../until.ts'
 
 const execFileP = promisify(execFile)
 const silent = pino({ level: 'silent' })
@@ -32,14 +33,6 @@ function capture() {
   const lines: Array<{ level: number; msg: string }> = []
   const log = pino({ level: 'debug' }, { write: (s: string) => void lines.push(JSON.parse(s)) })
   return { log, lines }
-}
-
-async function waitFor(what: string, cond: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const end = Date.now() + timeoutMs
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((r) => setTimeout(r, 10))
-  }
 }
 
 /** The records of one process, oldest file first. */
@@ -329,7 +322,7 @@ describe('ProcessLog', () => {
         'x'.repeat(50),
       ])
       const last = `line ${String(count - 1).padStart(6, '0')} `
-      await waitFor('the last line', () => fs.readFileSync(pl.path, 'utf8').includes(last))
+      await until('the last line', () => fs.readFileSync(pl.path, 'utf8').includes(last))
       const ms = Date.now() - started
       const names = fs.readdirSync(dir).sort()
       assert.deepEqual(names, ['main.log', 'main.log.1', 'main.log.2', 'stdout'])
@@ -365,12 +358,12 @@ describe('ProcessLog', () => {
     try {
       pl.attach('stdout', fifo.path)
       fifo.write('Password: ')
-      await waitFor('the partial line', () => records(dir, 'main').length === 1)
+      await until('the partial line', () => records(dir, 'main').length === 1)
       fifo.write('secret\n')
       const long = `a${'é'.repeat(20_000)}` // 40,001 bytes: cut points fall inside characters
       fifo.write(`${long}\n`)
       fifo.write('x'.repeat(MAX_LINE_BYTES)) // a full piece without a newline is written at once
-      await waitFor('all pieces', () => records(dir, 'main').length === 6)
+      await until('all pieces', () => records(dir, 'main').length === 6)
       const recs = records(dir, 'main')
       assert.deepEqual(
         recs.map((r) => [r.partial, r.text.length]),
@@ -402,9 +395,9 @@ describe('ProcessLog', () => {
       pl.attach('stdout', fifo.path)
       const euro = Buffer.from('€')
       fifo.write(Buffer.concat([Buffer.from('ab'), euro.subarray(0, 1)]))
-      await waitFor('the partial line', () => records(dir, 'main').length === 1)
+      await until('the partial line', () => records(dir, 'main').length === 1)
       fifo.write(Buffer.concat([euro.subarray(1), Buffer.from('c\n')]))
-      await waitFor('the rest', () => records(dir, 'main').length === 2)
+      await until('the rest', () => records(dir, 'main').length === 2)
       assert.deepEqual(
         records(dir, 'main').map((r) => r.text),
         ['ab', '€c'],
@@ -423,10 +416,10 @@ describe('ProcessLog', () => {
     try {
       pl.attach('stderr', fifo)
       await execFileP('/bin/sh', ['-c', 'echo one > "$1"', 'w', fifo])
-      await waitFor('one', () => pl.stats.lines === 1)
+      await until('one', () => pl.stats.lines === 1)
       await new Promise((r) => setTimeout(r, 50))
       await execFileP('/bin/sh', ['-c', 'echo two > "$1"; echo three > "$1"', 'w', fifo])
-      await waitFor('three', () => pl.stats.lines === 3)
+      await until('three', () => pl.stats.lines === 3)
       assert.deepEqual(
         records(dir, 'main').map((r) => [r.stream, r.text]),
         [
@@ -447,18 +440,18 @@ describe('ProcessLog', () => {
       fifo.write('before anyone reads\n')
       const first = new ProcessLog({ dir, process: 'main', log: silent, partialFlushMs: 60_000 })
       first.attach('stdout', fifo.path)
-      await waitFor('the first line', () => first.stats.lines === 1)
+      await until('the first line', () => first.stats.lines === 1)
       fifo.write('1\n2\nhalf of')
-      await waitFor('two more', () => first.stats.lines === 3)
+      await until('two more', () => first.stats.lines === 3)
       await first.close()
       assert.equal(first.stats.lines, 4, 'the half line is written at close')
       assert.equal(fdsOn(fs.realpathSync(fifo.path)), 2, 'only the test’s own descriptors remain')
       for (let i = 3; i < 500; i++) fifo.write(`${i}\n`) // ~2 KiB: waits in the pipe
       const second = new ProcessLog({ dir, process: 'main', log: silent })
       second.attach('stdout', fifo.path)
-      await waitFor('the waiting lines', () => second.stats.lines === 497)
+      await until('the waiting lines', () => second.stats.lines === 497)
       fifo.write(' a line\n')
-      await waitFor('the rest of the line', () => second.stats.lines === 498)
+      await until('the rest of the line', () => second.stats.lines === 498)
       await second.close()
       const texts = records(dir, 'main').map((r) => (r.partial ? `${r.text}…` : r.text))
       const want = ['before anyone reads', '1', '2', 'half of…']
@@ -696,14 +689,14 @@ describe('readLogs', () => {
       const burst = (k: number) => {
         for (let j = 0; j < k; j++) pl.note(`n ${next++}`)
       }
-      await waitFor('the tail', () => seen.length === 2)
+      await until('the tail', () => seen.length === 2)
       burst(50) // a rotation at most
       await new Promise((r) => setTimeout(r, 300))
       burst(150) // two rotations between two polls
       await new Promise((r) => setTimeout(r, 300))
       burst(30)
       fifo.write('from the process\n')
-      await waitFor('everything', () => seen.length === 2 + 230 + 1)
+      await until('everything', () => seen.length === 2 + 230 + 1)
       assert.ok(pl.stats.rotations >= 3, `${pl.stats.rotations} rotations`)
       const nums = seen.slice(0, -1).map((e) => Number(e.line.slice(8)))
       assert.deepEqual(
@@ -741,7 +734,7 @@ describe('readLogs', () => {
       const pl = new ProcessLog({ dir, process: 'late', log: silent })
       pl.note('here')
       await pl.close()
-      await waitFor('the line', () => seen.length === 1)
+      await until('the line', () => seen.length === 1)
       assert.equal(seen[0]?.line, 'km1s: here')
     } finally {
       ac.abort()
@@ -757,7 +750,7 @@ describe('readLogs', () => {
     const done = (async () => {
       for await (const e of iter) seen.push(e)
     })()
-    await waitFor('the history', () => seen.length === 10)
+    await until('the history', () => seen.length === 10)
     await new Promise((r) => setTimeout(r, 50))
     const t = performance.now()
     ac.abort()

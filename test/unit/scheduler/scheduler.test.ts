@@ -13,6 +13,7 @@ import type { Member } from '../../../src/membership/index.ts'
 import type { ContainerSpecInput, ContainerStatus, Runtime } from '../../../src/runtime/types.ts'
 import { type ArtifactSource, normalizeWorkload, place, Scheduler } from '../../../src/scheduler/index.ts'
 import { type StatusValue, Store, type WireRecord } from '../../../src/state/index.ts'
+import { until } from '../until.ts'
 
 const silent = pino({ level: 'silent' })
 const GiB = 1024 ** 3
@@ -139,14 +140,6 @@ async function setup(
   })
   scheduler.start()
   return { store, runtime, scheduler, selfId, peers, heard, clock }
-}
-
-async function until(what: string, fn: () => boolean, timeoutMs = 3_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  while (!fn()) {
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`)
-    await new Promise((r) => setTimeout(r, 10))
-  }
 }
 
 const statusOf = (e: Env, name: string) =>

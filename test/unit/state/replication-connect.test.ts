@@ -12,6 +12,7 @@ import {
 } from '../../../src/state/replication.ts'
 import type { Store } from '../../../src/state/store.ts'
 import { NO_ROUNDS_MS } from '../membership/fixtures.ts'
+import { until } from '../until.ts'
 
 function fakePeer(id: string): PeerId {
   return { toString: () => id, equals: (o: unknown) => String(o) === id } as unknown as PeerId
@@ -68,26 +69,21 @@ async function connected(id: string) {
   const t = setup()
   await t.replication.start()
   t.peers.push(peer)
+  const connectedAt = performance.now()
   t.libp2p.dispatchEvent(new CustomEvent('peer:connect', { detail: peer }))
-  return { ...t, peer }
+  return { ...t, peer, connectedAt }
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
-/** Polls for `ok` for up to 2 s: a loaded test machine may run a timer late, never early. */
-async function until(ok: () => boolean): Promise<void> {
-  for (let i = 0; i < 200 && !ok(); i++) await sleep(10)
-}
-
 describe('replication: sessions with a new peer', () => {
   it('a connection alone gets its session only after the fallback delay', async () => {
-    const since = performance.now()
-    const { replication, dials } = await connected('peer-a')
+    const { replication, dials, connectedAt } = await connected('peer-a')
     try {
       await sleep(20)
       assert.deepEqual(dials, [], 'no session at connect')
-      await until(() => dials.length > 0)
-      assert.ok(performance.now() - since >= CONNECT_SYNC_MS - 1, 'not before the fallback delay')
+      await until('the fallback session', () => dials.length > 0)
+      assert.ok(performance.now() - connectedAt >= CONNECT_SYNC_MS - 1, 'not before the fallback delay')
       await sleep(50)
       assert.deepEqual(dials, ['peer-a'], 'one session after the fallback delay')
     } finally {
@@ -101,7 +97,7 @@ describe('replication: sessions with a new peer', () => {
       subscribed(pubsub, peer, STATE_TOPIC)
       assert.deepEqual(dials, ['peer-b'])
       // The session failed, so the fallback still runs one: a failed session is no session.
-      await until(() => dials.length > 1)
+      await until('the fallback session', () => dials.length > 1)
       assert.deepEqual(dials, ['peer-b', 'peer-b'])
     } finally {
       await replication.stop()

@@ -10,6 +10,7 @@ import { streamPair } from '@libp2p/utils'
 import { Replication, type ReplicationInit, STATE_TOPIC, unreached } from '../../../src/state/replication.ts'
 import type { Store } from '../../../src/state/store.ts'
 import { info, NO_ROUNDS_MS, silent, tempStore } from '../membership/fixtures.ts'
+import { until } from '../until.ts'
 
 type Handler = (stream: Stream, connection: { remotePeer: PeerId }) => void
 
@@ -93,11 +94,6 @@ function subscribed(me: Side, other: Side): void {
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
-
-async function until(what: string, ok: () => boolean): Promise<void> {
-  for (let i = 0; i < 200 && !ok(); i++) await sleep(10)
-  assert.ok(ok(), what)
-}
 
 /** `body` on a new pair, both stopped after it. */
 async function withPair(body: (a: Side, b: Side) => Promise<void>): Promise<void> {

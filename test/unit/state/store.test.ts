@@ -32,6 +32,7 @@ import {
   type StoreChange,
   type StoreInit,
 } from '../../../src/state/store.ts'
+import { until } from '../until.ts'
 
 const NOW = 1_700_000_000_000
 const privateKeys = await Promise.all([0, 1, 2].map(() => generateKeyPair('Ed25519')))
@@ -91,14 +92,6 @@ function newStore(d: Pick<Db, 'records' | 'meta'>, over: Partial<StoreInit> = {}
   })
   cleanups.push(() => store.stop())
   return store
-}
-
-async function until(cond: () => boolean | Promise<boolean>, ms = 2_000): Promise<void> {
-  const deadline = Date.now() + ms
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`condition not met within ${ms} ms`)
-    await new Promise((r) => setTimeout(r, 5))
-  }
 }
 
 const hex = (d: Uint8Array) => Buffer.from(d).toString('hex')
@@ -226,7 +219,7 @@ describe('Store: local reads and writes', () => {
     for (let i = 0; i < 5; i++) await store.put(`tag/w${i}:v`, { i })
     assert.equal(await d.records.get('tag/w0:v'), undefined, 'not written at once')
     assert.equal(store.stats().pendingWrites, 5)
-    await until(() => store.stats().flushes > 0)
+    await until('a flush', () => store.stats().flushes > 0)
     assert.equal(store.stats().flushes, 1, 'five writes, one batch')
     assert.equal(store.stats().pendingWrites, 0)
     for (let i = 0; i < 5; i++) {
@@ -630,7 +623,7 @@ describe('Store.watch', () => {
     const fromB = await remote(keyB, 'tag/b:v', { v: 1 }, { wall: NOW, counter: 0 })
     await store.applyRemote(fromB, B)
     await store.delete('tag/a:v')
-    await until(() => seen.length >= 3)
+    await until('three changes', () => seen.length >= 3)
     assert.equal(ended, false)
 
     ac.abort()
