@@ -20,3 +20,13 @@ export async function until<T>(
     await new Promise((r) => setTimeout(r, everyMs))
   }
 }
+
+/** `until` with a file's own bound and poll interval, for the waits of a whole test file. */
+export function untilWithin(timeoutMs: number, everyMs = 10) {
+  return <T>(
+    what: string,
+    check: () => T | Promise<T>,
+    ms = timeoutMs,
+    every = everyMs,
+  ): Promise<NonNullable<T>> => until(what, check, ms, every)
+}

@@ -26,7 +26,9 @@ import {
   type PreparedExec,
   type Runtime,
 } from '../../../src/runtime/types.ts'
-import { until } from '../until.ts'
+import { untilWithin } from '../until.ts'
+
+const until = untilWithin(5_000)
 
 const silent = pino({ level: 'silent' })
 const ROOT = resolve(import.meta.dirname, '../../..')

@@ -19,7 +19,9 @@ import {
   RemoteFrame,
 } from '../../../src/remote/index.ts'
 import type { ContainerStatus, LogEntry, LogQuery, Runtime } from '../../../src/runtime/types.ts'
-import { until } from '../until.ts'
+import { untilWithin } from '../until.ts'
+
+const until = untilWithin(5_000, 20)
 
 const log = pino({ level: 'silent' })
 

@@ -13,7 +13,9 @@ import type { Member } from '../../../src/membership/index.ts'
 import type { ContainerSpecInput, ContainerStatus, Runtime } from '../../../src/runtime/types.ts'
 import { type ArtifactSource, normalizeWorkload, place, Scheduler } from '../../../src/scheduler/index.ts'
 import { type StatusValue, Store, type WireRecord } from '../../../src/state/index.ts'
-import { until } from '../until.ts'
+import { untilWithin } from '../until.ts'
+
+const until = untilWithin(3_000)
 
 const silent = pino({ level: 'silent' })
 const GiB = 1024 ** 3

@@ -12,7 +12,9 @@ import {
 } from '../../../src/state/replication.ts'
 import type { Store } from '../../../src/state/store.ts'
 import { NO_ROUNDS_MS } from '../membership/fixtures.ts'
-import { until } from '../until.ts'
+import { untilWithin } from '../until.ts'
+
+const until = untilWithin(2_000)
 
 function fakePeer(id: string): PeerId {
   return { toString: () => id, equals: (o: unknown) => String(o) === id } as unknown as PeerId

@@ -10,7 +10,9 @@ import { streamPair } from '@libp2p/utils'
 import { Replication, type ReplicationInit, STATE_TOPIC, unreached } from '../../../src/state/replication.ts'
 import type { Store } from '../../../src/state/store.ts'
 import { info, NO_ROUNDS_MS, silent, tempStore } from '../membership/fixtures.ts'
-import { until } from '../until.ts'
+import { untilWithin } from '../until.ts'
+
+const until = untilWithin(2_000)
 
 type Handler = (stream: Stream, connection: { remotePeer: PeerId }) => void
 

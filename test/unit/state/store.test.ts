@@ -32,7 +32,9 @@ import {
   type StoreChange,
   type StoreInit,
 } from '../../../src/state/store.ts'
-import { until } from '../until.ts'
+import { untilWithin } from '../until.ts'
+
+const until = untilWithin(2_000, 5)
 
 const NOW = 1_700_000_000_000
 const privateKeys = await Promise.all([0, 1, 2].map(() => generateKeyPair('Ed25519')))
